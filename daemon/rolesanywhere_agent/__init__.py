@@ -1,0 +1,3 @@
+"""Credential agent for IAM Roles Anywhere."""
+
+__version__ = "0.1.0"
