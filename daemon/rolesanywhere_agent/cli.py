@@ -1,0 +1,167 @@
+"""`rolesanywhere-agent`: the daemon and its companion commands.
+
+Exit codes: 0 success; 1 a runtime failure (no credentials, a demo check failed);
+2 bad usage, configuration or identity (the message says which file and field).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import shlex
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from . import __version__, logs
+from .app import Agent, exports_for
+from .config import AgentConfig, load_config
+from .errors import AgentError, ConfigError, IdentityError
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+DEFAULT_CONFIG = Path("/etc/rolesanywhere-agent/agent.yaml")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.command(args)
+    except (ConfigError, IdentityError) as exc:
+        print(f"rolesanywhere-agent: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except AgentError as exc:
+        print(f"rolesanywhere-agent: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rolesanywhere-agent",
+        description="IAM Roles Anywhere credential agent for unmodified AWS SDKs.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the agent")
+    serve.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    serve.set_defaults(command=cmd_serve)
+
+    env = commands.add_parser("env", help="print the exports an application needs")
+    env.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    env.add_argument("--profile", required=True)
+    env.add_argument("--format", choices=("sh", "fish", "json", "systemd"), default="sh")
+    env.set_defaults(command=cmd_env)
+
+    emulator = commands.add_parser("emulator", help="run the local Roles Anywhere + STS emulator")
+    emulator.add_argument("--config", type=Path, required=True)
+    emulator.add_argument("--host", default="127.0.0.1")
+    emulator.add_argument("--port", type=int, default=9443)
+    emulator.add_argument(
+        "--controls", action="store_true", help="enable fault and counter controls"
+    )
+    emulator.set_defaults(command=cmd_emulator)
+
+    demo = commands.add_parser("demo", help="emulator + agent + real SDK calls, all local")
+    demo.add_argument("--once", action="store_true", help="exit after the checks")
+    demo.set_defaults(command=cmd_demo)
+    return parser
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    logs.configure(config.log.format, config.log.level)
+    return run_until_signalled(lambda stop: _serve(config, stop))
+
+
+async def _serve(config: AgentConfig, stop: asyncio.Event) -> int:
+    agent = Agent(config)
+    try:
+        await agent.start()
+        await stop.wait()
+    finally:
+        await agent.stop()
+    return EXIT_OK
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    if args.profile not in config.profiles:
+        known = ", ".join(sorted(config.profiles))
+        raise ConfigError(f"{args.config}: profiles: no profile {args.profile!r} (have {known})")
+    exports = exports_for(config, config.profiles[args.profile]).as_dict()
+    print(format_exports(exports, args.format))
+    return EXIT_OK
+
+
+def format_exports(exports: dict[str, str], fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(exports, indent=2)
+    if fmt == "fish":
+        return "\n".join(f"set -gx {k} {shlex.quote(v)}" for k, v in exports.items())
+    if fmt == "systemd":
+        return "\n".join(f"Environment={k}={v}" for k, v in exports.items())
+    return "\n".join(f"export {k}={shlex.quote(v)}" for k, v in exports.items())
+
+
+def cmd_emulator(args: argparse.Namespace) -> int:
+    from .emulator import load_config as load_emulator_config
+    from .emulator import serve
+
+    logs.configure("console" if sys.stderr.isatty() else "json")
+    load_emulator_config(args.config)  # a bad file fails here, with exit code 2
+
+    async def body(stop: asyncio.Event) -> int:
+        server = asyncio.create_task(serve(args.config, args.host, args.port, args.controls))
+        await asyncio.wait({server, asyncio.create_task(stop.wait())},
+                           return_when=asyncio.FIRST_COMPLETED)
+        server.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await server
+        return EXIT_OK
+
+    return run_until_signalled(body)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    logs.configure("console", "warning")
+    return run_until_signalled(lambda stop: run_demo(once=args.once, stop=stop))
+
+
+def run_until_signalled(
+    body: Callable[[asyncio.Event], Coroutine[Any, Any, int]],
+) -> int:
+    """Run `body` until it returns; SIGTERM/SIGINT ask it to stop, a second one forces it."""
+
+    async def runner() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        main_task = asyncio.current_task()
+
+        def on_signal() -> None:
+            if stop.is_set() and main_task is not None:
+                main_task.cancel()
+            stop.set()
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, on_signal)
+        try:
+            return await body(stop)
+        except asyncio.CancelledError:
+            return EXIT_FAILURE
+
+    with contextlib.suppress(KeyboardInterrupt):
+        return asyncio.run(runner())
+    return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

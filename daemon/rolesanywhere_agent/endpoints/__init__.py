@@ -1,0 +1,1 @@
+"""HTTP endpoints served on loopback: container credentials, health (and later IMDS)."""

@@ -1,0 +1,47 @@
+"""`GET /v1/credentials/{profile}`: the container-credentials endpoint the SDKs read."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import structlog
+from aiohttp import web
+
+from ..sessions import ProfileSession
+from ..tokens import TokenFile
+from .common import json_error
+
+log = structlog.get_logger("rolesanywhere_agent.container")
+
+PATH = "/v1/credentials/{profile}"
+
+
+class ContainerEndpoint:
+    def __init__(
+        self, sessions: Mapping[str, ProfileSession], tokens: Mapping[str, TokenFile]
+    ) -> None:
+        self._sessions = sessions
+        self._tokens = tokens
+
+    def routes(self) -> list[web.RouteDef]:
+        return [web.get(PATH, self.credentials, allow_head=False)]
+
+    async def credentials(self, request: web.Request) -> web.Response:
+        name = request.match_info["profile"]
+        session = self._sessions.get(name)
+        if session is None:
+            return json_error(404, "ProfileNotFound", f"no profile named {name!r}")
+        if not self._tokens[name].matches(request.headers.get("Authorization")):
+            log.info("request_unauthorized", profile=name, peer=request.remote)
+            return json_error(401, "Unauthorized", "missing or wrong authorization token")
+
+        creds = await session.get()
+        if creds is None:
+            retry = session.retry_after()
+            return json_error(
+                503,
+                "CredentialsUnavailable",
+                f"no valid session for profile {name!r} yet; retry in {retry} s",
+                **{"Retry-After": str(retry)},
+            )
+        return web.json_response(creds.container_json())

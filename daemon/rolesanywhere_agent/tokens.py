@@ -1,0 +1,123 @@
+"""Per-profile authorization tokens, kept in files that SDKs re-read on every fetch."""
+
+from __future__ import annotations
+
+import grp
+import hmac
+import os
+import re
+import secrets
+import stat
+from pathlib import Path
+
+import structlog
+
+from .config import TokenFileConfig
+from .errors import ConfigError
+
+log = structlog.get_logger("rolesanywhere_agent.tokens")
+
+# What an operator may put in a token file: printable ASCII without spaces, long enough.
+_USABLE = re.compile(r"^[\x21-\x7e]{16,4096}$")
+
+
+class TokenFile:
+    """A profile's token: made once, reused across restarts, re-read when the file changes."""
+
+    def __init__(self, profile: str, config: TokenFileConfig) -> None:
+        self.profile = profile
+        self.path = config.path
+        self._config = config
+        self._token = b""
+        self._stamp: tuple[int, int, int] | None = None
+
+    def ensure(self) -> None:
+        """Reuse a valid token file or write a new one; raise ConfigError if we cannot."""
+        self._check_folder()
+        existing = self._read()
+        if existing is None:
+            self._write(secrets.token_urlsafe(32))
+            log.info("token_file_created", profile=self.profile, path=str(self.path))
+            existing = self._read()
+        if existing is None:
+            raise ConfigError(f"{self.path}: token file could not be written back")
+        self._token = existing.encode()
+        self._stamp = self._stamp_of()
+
+    def matches(self, presented: str | None) -> bool:
+        """Constant-time comparison of a raw `Authorization` value with the current token."""
+        if presented is None:
+            return False
+        self._follow_file()
+        return hmac.compare_digest(presented.encode("utf-8", "replace"), self._token)
+
+    def _follow_file(self) -> None:
+        # An operator who rewrites the file means the new token; a vanished or unusable file
+        # keeps the last good one so running clients are not cut off.
+        stamp = self._stamp_of()
+        if stamp == self._stamp:
+            return
+        self._stamp = stamp
+        token = self._read()
+        if token is not None and token.encode() != self._token:
+            self._token = token.encode()
+            log.info("token_file_reloaded", profile=self.profile, path=str(self.path))
+
+    def _read(self) -> str | None:
+        try:
+            raw = self.path.read_text(encoding="ascii")
+        except (OSError, UnicodeDecodeError):
+            return None
+        token = raw.strip()
+        if not _USABLE.match(token):
+            return None
+        if token != raw:
+            log.warning(
+                "token_file_whitespace",
+                profile=self.profile,
+                path=str(self.path),
+                hint="SDKs refuse a token with trailing whitespace; rewrite the file without it",
+            )
+        return token
+
+    def _write(self, token: str) -> None:
+        mode = self._config.mode
+        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        try:
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w", encoding="ascii") as handle:
+                handle.write(token)  # no newline: SDKs reject CR/LF in a header (case C17)
+            if self._config.group:
+                os.chown(temporary, -1, _group_id(self._config.group, self.path))
+            os.chmod(temporary, mode)
+            os.replace(temporary, self.path)
+        except OSError as exc:
+            temporary.unlink(missing_ok=True)
+            raise ConfigError(f"{self.path}: cannot write token file ({exc.strerror})") from None
+
+    def _check_folder(self) -> None:
+        folder = self.path.parent
+        try:
+            folder.mkdir(mode=0o755, parents=True, exist_ok=True)
+            info = folder.stat()
+        except OSError as exc:
+            raise ConfigError(f"{folder}: cannot create token folder ({exc.strerror})") from None
+        if info.st_mode & stat.S_IWOTH:
+            raise ConfigError(
+                f"{folder}: token folder is world-writable; use a folder only the agent can "
+                "write (chmod o-w)"
+            )
+
+    def _stamp_of(self) -> tuple[int, int, int] | None:
+        try:
+            info = self.path.stat()
+        except OSError:
+            return None
+        return info.st_mtime_ns, info.st_size, info.st_ino
+
+
+def _group_id(name: str, path: Path) -> int:
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise ConfigError(f"{path}: token_file.group {name!r} does not exist") from None
