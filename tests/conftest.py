@@ -59,7 +59,9 @@ class World:
     def emulator_config(self, **profile: Any) -> EmulatorConfig:
         roles = tuple(role_arn(name) for name in self.identities)
         return EmulatorConfig(
-            trust_anchors=(TrustAnchor(arn=self.anchor_arn, certificates=(self.root.certificate,)),),
+            trust_anchors=(
+                TrustAnchor(arn=self.anchor_arn, certificates=(self.root.certificate,)),
+            ),
             profiles=(Profile(arn=self.profile_arn, role_arns=roles, **profile),),
             account_id=ACCOUNT,
         )
@@ -156,6 +158,7 @@ async def stack_factory(
         wait_ready: bool = True,
         policy: RefreshPolicy | None = None,
         real_time: bool = False,
+        agent_options: dict[str, Any] | None = None,
     ) -> Stack:
         if real_time:
             # SDK processes judge expiry by the real clock: start the fake one at "now".
@@ -166,7 +169,9 @@ async def stack_factory(
         endpoint = await emulator.start()
         document = world.agent_document(endpoint, **(agent_extra or {}))
         config = parse_config(document, world.folder / "agent.yaml", os.environ)
-        agent = Agent(config, clock=clock, policy=policy, rng=random.Random(7))
+        agent = Agent(
+            config, clock=clock, policy=policy, rng=random.Random(7), **(agent_options or {})
+        )
         stack = Stack(world, clock, emulator, agent, http, endpoint)
         started.append(stack)
         await agent.start(wait_ready=wait_ready)

@@ -35,10 +35,12 @@ def http_status(url: str, headers: dict[str, str] | None = None) -> int | None:
 
 
 @contextmanager
-def running(argv: list[str], ready_url: str, log_path: Path) -> Iterator[subprocess.Popen]:
+def running(
+    argv: list[str], ready_url: str, log_path: Path, pass_fds: tuple[int, ...] = ()
+) -> Iterator[subprocess.Popen]:
     """Run `argv` until the block ends; ready once `ready_url` answers at all."""
     with log_path.open("wb") as log:
-        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, pass_fds=pass_fds)
         try:
             deadline = time.monotonic() + READY_TIMEOUT
             while http_status(ready_url) is None:

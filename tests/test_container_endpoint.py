@@ -11,7 +11,6 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-
 from structlog.testing import capture_logs
 
 from rolesanywhere_agent.credentials import Credentials, format_expiration, parse_expiration
@@ -61,10 +60,15 @@ async def test_bad_host_is_refused_before_anything_else(stack_factory) -> None:
     status, _, body = await raw(stack, "/v1/credentials/web", Host="evil.example:9912")
 
     assert status == 403
-    assert body == {"Code": "InvalidHost", "Message": "Host header is not an allowed loopback name"}
+    assert body == {
+        "Code": "InvalidHost",
+        "Message": "Host header is not an allowed loopback name",
+    }
 
 
-@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "[::1]", "LOCALHOST", "[0:0:0:0:0:0:0:1]"])
+@pytest.mark.parametrize(
+    "host", ["127.0.0.1", "localhost", "[::1]", "LOCALHOST", "[0:0:0:0:0:0:0:1]"]
+)
 async def test_loopback_host_names_are_allowed(stack_factory, host: str) -> None:
     stack = await stack_factory()
 
@@ -78,7 +82,8 @@ async def test_unknown_profile_is_404(stack_factory) -> None:
 
     status, _, body = await raw(stack, "/v1/credentials/nope", Authorization=stack.token("web"))
 
-    assert (status, body) == (404, {"Code": "ProfileNotFound", "Message": "no profile named 'nope'"})
+    expected = {"Code": "ProfileNotFound", "Message": "no profile named 'nope'"}
+    assert (status, body) == (404, expected)
 
 
 async def test_other_methods_are_405(stack_factory) -> None:

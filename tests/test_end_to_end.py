@@ -35,8 +35,14 @@ def processes(world: World, tmp_path: Path):
     agent_yaml = tmp_path / "agent.yaml"
     agent_yaml.write_text(yaml.safe_dump(world.agent_document(endpoint, port=agent_port)))
 
-    emulator_argv = [*AGENT, "emulator", "--config", str(emulator_yaml),
-                     "--port", str(emulator_port)]
+    emulator_argv = [
+        *AGENT,
+        "emulator",
+        "--config",
+        str(emulator_yaml),
+        "--port",
+        str(emulator_port),
+    ]
     agent_argv = [*AGENT, "serve", "--config", str(agent_yaml)]
     with (
         running(emulator_argv, f"{endpoint}/", tmp_path / "emulator.log"),
@@ -48,7 +54,9 @@ def processes(world: World, tmp_path: Path):
 def exports_of(agent_yaml: Path, profile: str) -> dict[str, str]:
     output = subprocess.run(
         [*AGENT, "env", "--config", str(agent_yaml), "--profile", profile, "--format", "json"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     return yaml.safe_load(output)
 
@@ -58,8 +66,9 @@ def test_boto3_child_reads_the_agent_and_calls_sts(processes, profile: str) -> N
     endpoint, agent_yaml, _ = processes
     env = sdk_env(exports_of(agent_yaml, profile), endpoint)
 
-    result = subprocess.run([PYTHON, "-c", BOTO3_CALLER], env=env, capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run(
+        [PYTHON, "-c", BOTO3_CALLER], env=env, capture_output=True, text=True, timeout=60
+    )
 
     assert result.returncode == 0, result.stderr
     arn = result.stdout.strip()
@@ -72,15 +81,25 @@ def test_aws_cli_child_reads_the_agent_and_calls_sts(processes, profile: str) ->
     env = sdk_env(exports_of(agent_yaml, profile), endpoint)
 
     result = subprocess.run(
-        [AWS_CLI, "sts", "get-caller-identity", "--endpoint-url", endpoint,
-         "--query", "Arn", "--output", "text"],
-        env=env, capture_output=True, text=True, timeout=60,
+        [
+            AWS_CLI,
+            "sts",
+            "get-caller-identity",
+            "--endpoint-url",
+            endpoint,
+            "--query",
+            "Arn",
+            "--output",
+            "text",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().startswith(
-        f"arn:aws:sts::111122223333:assumed-role/{profile}/"
-    )
+    assert result.stdout.strip().startswith(f"arn:aws:sts::111122223333:assumed-role/{profile}/")
 
 
 def test_env_prints_loopback_uri_and_token_file(processes) -> None:

@@ -12,18 +12,25 @@ import contextlib
 import json
 import shlex
 import signal
+import socket
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from . import __version__, logs
+import structlog
+
+from . import __version__, check, credential_process, logs
+from .activation import inherited_socket
 from .app import Agent, exports_for
 from .config import AgentConfig, load_config
 from .errors import AgentError, ConfigError, IdentityError
+from .notify import Notifier, ServiceReporter, profiles_status
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 DEFAULT_CONFIG = Path("/etc/rolesanywhere-agent/agent.yaml")
+
+log = structlog.get_logger("rolesanywhere_agent.cli")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,6 +66,9 @@ def _parser() -> argparse.ArgumentParser:
     env.add_argument("--format", choices=("sh", "fish", "json", "systemd"), default="sh")
     env.set_defaults(command=cmd_env)
 
+    credential_process.register(commands)
+    check.register(commands, DEFAULT_CONFIG)
+
     emulator = commands.add_parser("emulator", help="run the local Roles Anywhere + STS emulator")
     emulator.add_argument("--config", type=Path, required=True)
     emulator.add_argument("--host", default="127.0.0.1")
@@ -77,17 +87,59 @@ def _parser() -> argparse.ArgumentParser:
 def cmd_serve(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     logs.configure(config.log.format, config.log.level)
-    return run_until_signalled(lambda stop: _serve(config, stop))
+    sock = inherited_socket()  # systemd socket activation, when a .socket unit started us
+    return run_until_signalled(lambda stop: _serve(config, stop, sock, args.config))
 
 
-async def _serve(config: AgentConfig, stop: asyncio.Event) -> int:
-    agent = Agent(config)
+async def _serve(
+    config: AgentConfig, stop: asyncio.Event, sock: socket.socket | None, path: Path
+) -> int:
+    agent = Agent(config, sock=sock)
+    reload_on_hangup(agent, path, stop)
+    notifier = Notifier()
+    reporter = ServiceReporter(notifier, agent.sessions)
+    agent.on_refresh(reporter.refresh_finished)
+    reporting = asyncio.create_task(reporter.run(), name="service-reporter")
     try:
         await agent.start()
+        # READY only now: every profile has its first session or a recorded failure.
+        notifier.ready(profiles_status(agent.sessions))
         await stop.wait()
+        notifier.stopping("stopping")
     finally:
+        reporting.cancel()
         await agent.stop()
+        notifier.close()
     return EXIT_OK
+
+
+def reload_on_hangup(agent: Agent, path: Path, stop: asyncio.Event) -> None:
+    """SIGHUP re-reads `path` and hands it to the agent, which applies it or refuses it."""
+    loop = asyncio.get_running_loop()
+    pending: set[asyncio.Task[None]] = set()
+
+    def on_hangup() -> None:
+        if stop.is_set():
+            return  # stopping: a reload now would only slow the drain down
+        task = loop.create_task(_reload(agent, path), name="reload")
+        pending.add(task)  # a reference, so the task is not collected while it runs
+        task.add_done_callback(pending.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
+
+
+async def _reload(agent: Agent, path: Path) -> None:
+    log.info("config_reload_requested", path=str(path))
+    try:
+        config = await asyncio.to_thread(load_config, path)
+    except ConfigError as exc:
+        log.error(
+            "config_reload_refused",
+            error=str(exc),
+            hint="the previous configuration keeps running",
+        )
+        return
+    await agent.reload(config)
 
 
 def cmd_env(args: argparse.Namespace) -> int:
@@ -148,7 +200,10 @@ def run_until_signalled(
 
         def on_signal() -> None:
             if stop.is_set() and main_task is not None:
+                log.warning("shutdown_forced", hint="second signal: not waiting for the drain")
                 main_task.cancel()
+            elif not stop.is_set():
+                log.info("shutdown_requested", hint="a second SIGTERM or SIGINT forces it")
             stop.set()
 
         for signum in (signal.SIGTERM, signal.SIGINT):

@@ -5,6 +5,7 @@ Every error names the file, the key path and what was expected, on one line.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import re
@@ -31,6 +32,12 @@ _RA_ARN = r"^arn:aws[a-z-]*:rolesanywhere:([a-z0-9-]+):(\d{12}):%s/[A-Za-z0-9-]+
 _ANCHOR_ARN = re.compile(_RA_ARN % "trust-anchor")
 _PROFILE_ARN = re.compile(_RA_ARN % "profile")
 _ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
+# What each ARN looks like, for the error message when one does not match.
+_ARN_SHAPES = {
+    _ANCHOR_ARN: "arn:aws:rolesanywhere:REGION:ACCOUNT:trust-anchor/ID",
+    _PROFILE_ARN: "arn:aws:rolesanywhere:REGION:ACCOUNT:profile/ID",
+    _ROLE_ARN: "arn:aws:iam::ACCOUNT:role/NAME",
+}
 _REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d{1,2}$")
 _SESSION_NAME = re.compile(r"^[\w+=,.@-]{2,64}$")
 _ENV_VAR = re.compile(r"\$\{?([A-Z_][A-Z0-9_]*)\}?")
@@ -63,12 +70,23 @@ class ImdsConfig:
 
 
 @dataclass(frozen=True)
+class UpstreamConfig:
+    """How CreateSession reaches the service: TLS trust and proxy (see upstream.py)."""
+
+    ca_bundle: Path | None = None
+    insecure: bool = False
+    # None: HTTPS_PROXY / NO_PROXY from the environment decide, as for any aiohttp client.
+    proxy: str | None = None
+
+
+@dataclass(frozen=True)
 class ProfileConfig:
     name: str
     identity: IdentityFiles
     session: SessionRequest
     token_file: TokenFileConfig
     imds: ImdsConfig | None = None
+    upstream: UpstreamConfig = UpstreamConfig()
 
 
 @dataclass(frozen=True)
@@ -83,9 +101,15 @@ class AgentConfig:
 def load_config(path: Path, environ: Mapping[str, str] | None = None) -> AgentConfig:
     """Read and validate `path`; raise ConfigError with a one-line message on any problem."""
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config ({_reason(exc)})") from None
+    if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raise ConfigError(f"{path}: file is UTF-16; re-save as UTF-8")
+    try:
+        text = raw.decode("utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read config ({_reason(exc)})") from None
     try:
@@ -102,6 +126,8 @@ def parse_config(document: Any, source: Path, environ: Mapping[str, str]) -> Age
     log = _log(reader, top.get("log"))
     token_dir = reader.path(top.get("token_dir"), "token_dir") or _default_token_dir(environ)
 
+    if top.get("profiles") is None:
+        raise reader.error("profiles", "required: a mapping of profile names to their settings")
     profiles_doc = reader.mapping(top.get("profiles"), "profiles", None, required=True)
     if not profiles_doc:
         raise reader.error("profiles", "expected at least one profile")
@@ -156,13 +182,20 @@ _PROFILE_KEYS = {
     "role_session_name",
     "token_file",
     "imds",
+    "ca_bundle",
+    "insecure",
+    "proxy",
 }
 
 
 def _profile(reader: _Reader, name: str, doc: Any, token_dir: Path) -> ProfileConfig:
     where = f"profiles.{name}"
     if not _PROFILE_NAME.match(name):
-        raise reader.error(where, "profile names use letters, digits, '.', '_' or '-' only")
+        raise reader.error(
+            where,
+            "expected a name of 1-64 letters, digits, '.', '_' or '-' "
+            "that starts with a letter or digit",
+        )
     profile = reader.mapping(doc, where, _PROFILE_KEYS, required=True)
 
     identity = _identity(reader, where, profile)
@@ -172,7 +205,25 @@ def _profile(reader: _Reader, name: str, doc: Any, token_dir: Path) -> ProfileCo
     if profile.get("imds") is not None:
         imds_doc = reader.mapping(profile["imds"], f"{where}.imds", {"port"})
         imds = ImdsConfig(reader.integer(imds_doc.get("port"), f"{where}.imds.port", 1, 65535))
-    return ProfileConfig(name, identity, session, token_file, imds)
+    upstream = _upstream(reader, where, profile)
+    return ProfileConfig(name, identity, session, token_file, imds, upstream)
+
+
+def _upstream(reader: _Reader, where: str, profile: Mapping[str, Any]) -> UpstreamConfig:
+    ca_bundle = reader.path(profile.get("ca_bundle"), f"{where}.ca_bundle")
+    insecure = reader.boolean(profile.get("insecure", False), f"{where}.insecure")
+    if insecure and ca_bundle is not None:
+        raise reader.error(f"{where}.insecure", "not used together with ca_bundle; drop one")
+
+    proxy = profile.get("proxy")
+    if proxy is not None:
+        proxy = reader.string(proxy, f"{where}.proxy")
+        parts = urlsplit(proxy)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise reader.error(
+                f"{where}.proxy", f"expected a URL like http://proxy.example:3128, got {proxy!r}"
+            )
+    return UpstreamConfig(ca_bundle, insecure, proxy)
 
 
 def _identity(reader: _Reader, where: str, profile: Mapping[str, Any]) -> IdentityFiles:
@@ -202,10 +253,12 @@ def _session(reader: _Reader, where: str, profile: Mapping[str, Any]) -> Session
     profile_arn = reader.arn(profile.get("profile_arn"), f"{where}.profile_arn", _PROFILE_ARN)
     role = reader.arn(profile.get("role_arn"), f"{where}.role_arn", _ROLE_ARN)
     anchor_region = _ANCHOR_ARN.match(anchor).group(1)  # type: ignore[union-attr]
-    if _PROFILE_ARN.match(profile_arn).group(1) != anchor_region:  # type: ignore[union-attr]
+    profile_region = _PROFILE_ARN.match(profile_arn).group(1)  # type: ignore[union-attr]
+    if profile_region != anchor_region:
         raise reader.error(
             f"{where}.profile_arn",
-            f"region differs from the trust anchor's ({anchor_region}); use one region",
+            f"region {profile_region} differs from the trust anchor's region {anchor_region}; "
+            "both must be in one region",
         )
 
     region, fips = _region(reader, where, profile.get("region"), anchor_region)
@@ -250,9 +303,15 @@ def _endpoint(reader: _Reader, where: str, value: Any) -> str | None:
     if value is None:
         return None
     text = reader.string(value, f"{where}.endpoint")
-    parts = urlsplit(text)
-    if parts.scheme not in ("https", "http") or not parts.hostname:
-        raise reader.error(f"{where}.endpoint", "expected an https:// URL")
+    try:
+        parts = urlsplit(text)
+        usable = parts.scheme in ("https", "http") and bool(parts.hostname)
+        usable = usable and not parts.query and not parts.fragment
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError:
+        usable = False
+    if not usable:
+        raise reader.error(f"{where}.endpoint", f"expected an https:// URL, got {text!r}")
     if parts.scheme == "http" and not is_loopback(parts.hostname):
         raise reader.error(f"{where}.endpoint", "plain http is only allowed to a loopback host")
     return text.rstrip("/")
@@ -264,13 +323,23 @@ def _token_file(reader: _Reader, where: str, doc: Any, default: Path) -> TokenFi
         doc = {"path": doc}
     token = reader.mapping(doc, key, {"path", "mode", "group"})
     path = reader.path(token.get("path"), f"{key}.path") or default
-    mode_text = str(token.get("mode", "0600"))
-    if mode_text not in ("0600", "0640", "600", "640"):
-        raise reader.error(f"{key}.mode", f"expected \"0600\" or \"0640\", got {mode_text!r}")
+    raw_mode = token.get("mode", "0600")
+    mode = _MODES.get(raw_mode) if type(raw_mode) in (str, int) else None
+    if mode is None:
+        raise reader.error(
+            f"{key}.mode", f"expected \"0600\" or \"0640\" (in quotes), got {token['mode']!r}"
+        )
     group = token.get("group")
     if group is not None:
         group = reader.string(group, f"{key}.group")
-    return TokenFileConfig(path, int(mode_text, 8), group)
+    return TokenFileConfig(path, mode, group)
+
+
+# YAML 1.1 reads an unquoted 0640 as the octal integer 416, and 640 as decimal 640.
+_MODES: dict[Any, int] = {
+    "0600": 0o600, "600": 0o600, 0o600: 0o600, 600: 0o600,
+    "0640": 0o640, "640": 0o640, 0o640: 0o640, 640: 0o640,
+}
 
 
 def _check_ports(
@@ -327,9 +396,11 @@ class _Reader:
             unknown = sorted(str(k) for k in value if k not in allowed)
             if unknown:
                 prefix = f"{key}." if key else ""
+                close = difflib.get_close_matches(unknown[0], allowed, n=1)
+                hint = f" (did you mean {close[0]}?)" if close else ""
                 raise self.error(
                     f"{prefix}{unknown[0]}",
-                    f"unknown key; expected one of {', '.join(sorted(allowed))}",
+                    f"unknown key{hint}; expected one of {', '.join(sorted(allowed))}",
                 )
         return value
 
@@ -360,21 +431,26 @@ class _Reader:
 
     def arn(self, value: Any, key: str, pattern: re.Pattern[str]) -> str:
         if value is None:
-            raise self.error(key, "required")
+            raise self.error(key, f"required: {_ARN_SHAPES[pattern]}")
         text = self.string(value, key)
         if not pattern.match(text):
-            raise self.error(key, f"{text!r} is not a valid ARN of this kind")
+            raise self.error(key, f"expected {_ARN_SHAPES[pattern]}, got {text!r}")
         return text
 
     def path(self, value: Any, key: str) -> Path | None:
         if value is None:
             return None
         text = self.string(value, key)
+        if "\x00" in text:
+            raise self.error(key, "contains a NUL character; expected a file path")
         for name in _ENV_VAR.findall(text):
             if not self.environ.get(name):
                 raise self.error(key, f"uses ${name}, which is not set in the environment")
         expanded = _ENV_VAR.sub(lambda m: self.environ[m.group(1)], text)
-        path = Path(expanded).expanduser()
+        try:
+            path = Path(expanded).expanduser()
+        except RuntimeError:
+            raise self.error(key, f"cannot expand {text!r}: no such user") from None
         return path if path.is_absolute() else (self.source.parent / path).resolve()
 
 

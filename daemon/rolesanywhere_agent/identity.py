@@ -107,9 +107,15 @@ class Identity:
         return self.certificate.fingerprint(hashes.SHA256()).hex()
 
 
-def load_identity(files: IdentityFiles, now: datetime) -> Identity:
-    """Load, pair and check an identity; raise IdentityError naming the file at fault."""
-    passphrase = read_passphrase(files.passphrase_file)
+def load_identity(
+    files: IdentityFiles, now: datetime, passphrase: bytes | None = None
+) -> Identity:
+    """Load, pair and check an identity; raise IdentityError naming the file at fault.
+
+    `passphrase`, when given (typed at a prompt), is used instead of `passphrase_file`.
+    """
+    if passphrase is None:
+        passphrase = read_passphrase(files.passphrase_file)
     if files.pkcs12 is not None:
         key, leaf, extra = load_pkcs12(files.pkcs12, passphrase)
         key_path = cert_path = files.pkcs12
@@ -159,6 +165,13 @@ def read_file(path: Path) -> bytes:
     return data.removeprefix(b"\xef\xbb\xbf")
 
 
+def read_nonempty(path: Path) -> bytes:
+    data = read_file(path)
+    if not data.strip():
+        raise IdentityError(f"{path}: file is empty")
+    return data
+
+
 def pem_blocks(data: bytes) -> list[tuple[bytes, bytes]]:
     """(label, whole block) for every PEM block, in order; text between blocks is ignored."""
     return [(m.group(1), m.group(0)) for m in _PEM_BLOCK.finditer(data)]
@@ -166,7 +179,7 @@ def pem_blocks(data: bytes) -> list[tuple[bytes, bytes]]:
 
 def load_certificates(path: Path) -> list[x509.Certificate]:
     """Every certificate in a PEM bundle or a single DER certificate, in file order."""
-    data = read_file(path)
+    data = read_nonempty(path)
     blocks = pem_blocks(data)
     if not blocks and b"-----BEGIN" in data:
         raise IdentityError(f"{path}: truncated PEM (a BEGIN line without its END line)")
@@ -191,11 +204,12 @@ def load_certificates(path: Path) -> list[x509.Certificate]:
 
 
 def load_private_key(path: Path, passphrase: bytes | None) -> PrivateKey:
-    data = read_file(path)
+    data = read_nonempty(path)
     blocks = [block for label, block in pem_blocks(data) if label in _PRIVATE_KEY_LABELS]
     if not blocks and b"-----BEGIN" in data:
         if pem_blocks(data):
-            raise IdentityError(f"{path}: no private key block in this PEM file")
+            labels = ", ".join(sorted({label.decode() for label, _ in pem_blocks(data)}))
+            raise IdentityError(f"{path}: no private key block (found {labels})")
         raise IdentityError(f"{path}: truncated PEM (a BEGIN line without its END line)")
     if not blocks:
         return _load_der_key(path, data, passphrase)
@@ -206,7 +220,9 @@ def load_private_key(path: Path, passphrase: bytes | None) -> PrivateKey:
 def load_pkcs12(
     path: Path, password: bytes | None
 ) -> tuple[PrivateKey, x509.Certificate, list[x509.Certificate]]:
-    data = read_file(path)
+    data = read_nonempty(path)
+    if not _is_pkcs12(data):
+        raise IdentityError(f"{path}: not a PKCS#12 bundle (.p12/.pfx)")
     try:
         bundle = pkcs12.load_pkcs12(data, password)
     except ValueError as exc:
@@ -259,25 +275,27 @@ def order_chain(
 ) -> tuple[list[x509.Certificate], list[str]]:
     """The path from the leaf's issuer upwards, without the self-signed root.
 
-    Candidates that are not on the path (unrelated CAs, the leaf again, duplicates) are
-    dropped and returned by subject so the caller can say so (case C03).
+    Candidates that are not on the path (unrelated CAs, unrelated roots among them) are
+    dropped and returned by subject so the caller can say so (case C03). Copies of the leaf
+    or of a path certificate, and the root that ends the path, are dropped silently.
     """
     chain: list[x509.Certificate] = []
     seen = {leaf.fingerprint(hashes.SHA256())}
     current = leaf
     while True:
         issuer = _find_issuer(current, candidates, seen)
-        if issuer is None or _is_self_signed(issuer):
+        if issuer is None:
+            break
+        seen.add(issuer.fingerprint(hashes.SHA256()))
+        if _is_self_signed(issuer):
             break
         chain.append(issuer)
-        seen.add(issuer.fingerprint(hashes.SHA256()))
         current = issuer
 
-    on_path = seen | {c.fingerprint(hashes.SHA256()) for c in candidates if _is_self_signed(c)}
     dropped = [
         c.subject.rfc4514_string()
         for c in candidates
-        if c.fingerprint(hashes.SHA256()) not in on_path
+        if c.fingerprint(hashes.SHA256()) not in seen
     ]
     return chain, dropped
 
@@ -291,6 +309,8 @@ def key_description(key: object) -> str:
 
 
 _USE = "use RSA (2048 bits or more) or EC P-256, P-384 or P-521"
+# cryptography's own text ("Could not deserialize key data...") says no more than this.
+_NOT_A_KEY = "not a private key in a known format (PKCS#1, SEC1 or PKCS#8, PEM or DER; or PKCS#12)"
 
 
 def _load_der_key(path: Path, data: bytes, passphrase: bytes | None) -> PrivateKey:
@@ -308,10 +328,10 @@ def _load_key(path: Path, data: bytes, passphrase: bytes | None, loader) -> Priv
         key = loader(data, password=passphrase if encrypted else None)
     except TypeError:
         raise IdentityError(f"{path.name} is encrypted; set `passphrase_file` ({path})") from None
-    except ValueError as exc:
+    except ValueError:
         if encrypted:
             raise IdentityError(f"{path}: wrong passphrase (from `passphrase_file`)") from None
-        raise IdentityError(f"{path}: not a usable private key ({_reason(exc)})") from None
+        raise IdentityError(f"{path}: {_NOT_A_KEY}") from None
     except UnsupportedAlgorithm as exc:
         raise IdentityError(f"{path}: unsupported key encryption ({_reason(exc)})") from None
     check_key_type(key, path)
@@ -412,8 +432,17 @@ class IdentitySource:
 
     def current(self) -> Identity:
         stamp = self._stamp_of()
-        if self.loaded is not None and stamp == self._stamp:
-            return self.loaded
+        if self.loaded is None or stamp != self._stamp:
+            self._reload(stamp)
+        assert self.loaded is not None
+        # A certificate that expired while in use would only earn a refusal from the service:
+        # say so here, without a network call, until a renewed one is installed.
+        certificate = self._files.certificate or self._files.pkcs12
+        assert certificate is not None
+        check_leaf(self.loaded.certificate, certificate, self._now())
+        return self.loaded
+
+    def _reload(self, stamp: tuple[tuple[int, int, int], ...]) -> None:
         try:
             self.loaded = load_identity(self._files, self._now())
             self.problem = None
@@ -422,9 +451,10 @@ class IdentitySource:
                 raise
             self.problem = str(exc)
         self._stamp = stamp
-        return self.loaded
 
     def _stamp_of(self) -> tuple[tuple[int, int, int], ...]:
+        # Known limitation: a file rewritten in place with the same size within one tick of
+        # the file system's clock looks unchanged until its next change; renames always show.
         stamps = []
         for path in [*self._files.paths(), self._files.passphrase_file]:
             if path is None:

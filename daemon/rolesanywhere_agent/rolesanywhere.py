@@ -107,7 +107,8 @@ class RolesAnywhereClient:
                 text = await response.text(errors="replace")
                 return response.status, dict(response.headers), text
         except TimeoutError:
-            raise TransportError(f"no answer from {url} within {self._timeout.total:g} s") from None
+            limit = self._timeout.total
+            raise TransportError(f"no answer from {url} within {limit:g} s") from None
         except aiohttp.ClientError as exc:
             raise TransportError(f"cannot reach {url}: {_describe(exc)}") from None
         except asyncio.CancelledError:

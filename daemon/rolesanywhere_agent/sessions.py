@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -18,8 +20,8 @@ import structlog
 
 from .clock import Clock, sleep_until
 from .credentials import Credentials, format_expiration
-from .errors import AccessDenied, AgentError, IdentityError, UpstreamError
-from .identity import IdentitySource
+from .errors import AccessDenied, AgentError, IdentityError, InvalidResponse, UpstreamError
+from .identity import Identity, IdentitySource
 from .rolesanywhere import Grant, RolesAnywhereClient, SessionRequest
 
 log = structlog.get_logger("rolesanywhere_agent.sessions")
@@ -39,9 +41,24 @@ class RefreshPolicy:
     denied_backoff_base: float = 30.0
     denied_backoff_cap: float = 900.0
     cold_wait: float = 1.0  # longest a request waits on a cold cache before a 503
+    # The first refresh after a start or an outage comes anywhere before the usual point.
+    spread_after_start: bool = True
 
     def refresh_delay(self, lifetime: float, rng: random.Random) -> float:
         return lifetime * (1 - self.refresh_at_remaining) - rng.uniform(0, lifetime * self.jitter)
+
+    def next_refresh(self, lifetime: float, rng: random.Random, on_schedule: bool) -> float:
+        """Seconds from a grant to its refresh.
+
+        Machines that start (or recover from an outage) together would otherwise refresh
+        together for hours: the jitter alone spreads a fleet only by a few minutes per cycle
+        (bench/fleet.py). A session that was not on schedule is therefore refreshed at a
+        uniformly random point before the usual one, which gives each agent its own phase.
+        """
+        delay = max(self.refresh_delay(lifetime, rng), 0.0)
+        if on_schedule or not self.spread_after_start:
+            return delay
+        return rng.uniform(0, delay)
 
     def backoff(self, failures: int, denied: bool, rng: random.Random) -> float:
         base, cap = (
@@ -60,6 +77,19 @@ class State(StrEnum):
     UNAVAILABLE = "unavailable"  # no session that may be served
 
 
+@dataclass(frozen=True)
+class RefreshOutcome:
+    """What one refresh attempt came to, for metrics and service status; never a secret."""
+
+    profile: str
+    outcome: str  # "success", or the error's class name (AccessDenied, TransportError, ...)
+    call_seconds: float | None  # how long CreateSession took; None when none was sent
+    state: State
+
+
+RefreshObserver = Callable[[RefreshOutcome], None]
+
+
 class ProfileSession:
     """One profile's cached session and its refresh loop."""
 
@@ -72,6 +102,7 @@ class ProfileSession:
         clock: Clock,
         policy: RefreshPolicy | None = None,
         rng: random.Random | None = None,
+        observer: RefreshObserver | None = None,
     ) -> None:
         self.name = name
         self.identity = identity
@@ -80,6 +111,8 @@ class ProfileSession:
         self._clock = clock
         self.policy = policy or RefreshPolicy()
         self._rng = rng or random.Random()
+        self._observer = observer
+        self._call_seconds: float | None = None
         self._log = log.bind(profile=name)
 
         self.current: Credentials | None = None
@@ -90,6 +123,10 @@ class ProfileSession:
         self.failures = 0
         self.attempts = 0
         self._reported: tuple[str, str | None] | None = None
+        # What was last said about the identity and the clock, so each is said once.
+        self._identity_serial: int | None = None
+        self._identity_problem: str | None = None
+        self._skew_direction: str | None = None
         self._inflight: asyncio.Task[bool] | None = None
         self._changed = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
@@ -109,10 +146,17 @@ class ProfileSession:
         creds = self.servable()
         if creds is not None:
             return creds
-        flight = self.refresh_now()
+        flight = self._inflight if self._backing_off() else self.refresh_now()
+        if flight is None or flight.done():
+            return None
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(flight), self.policy.cold_wait)
         return self.servable()
+
+    def _backing_off(self) -> bool:
+        # After a failure, clients asking do not bring the next attempt forward: during an
+        # outage every SDK retry would otherwise become a CreateSession call.
+        return self.failures > 0 and self._clock.now() < self.next_attempt_at
 
     def retry_after(self) -> int:
         """Seconds a client should wait before asking again after a 503."""
@@ -166,11 +210,16 @@ class ProfileSession:
 
     async def _refresh(self) -> bool:
         started = self._clock.now()
+        self._call_seconds = None
         try:
-            identity = self.identity.current()
-            grant = await self._client.create_session(identity, self.request, started)
+            identity = self._current_identity()
+            grant = await self._timed_call(identity, started)
+            self._check_lifetime(grant, started)
         except AgentError as exc:
             self._failed(exc, started)
+            return False
+        except Exception as exc:  # noqa: BLE001 - a bug must not end the refresh loop
+            self._failed(UpstreamError(f"unexpected {type(exc).__name__}: {exc}"), started)
             return False
         finally:
             self.attempts += 1
@@ -178,10 +227,52 @@ class ProfileSession:
         self._succeeded(grant, started)
         return True
 
+    def _current_identity(self) -> Identity:
+        """The identity to sign with; says once when a rotation is caught half done."""
+        identity = self.identity.current()
+        problem = self.identity.problem
+        if problem != self._identity_problem:
+            self._identity_problem = problem
+            if problem is not None:
+                self._log.warning(
+                    "identity_rotation_pending",
+                    problem=problem,
+                    serving_serial=str(identity.serial),
+                    hint="still signing with the last good certificate and key",
+                )
+        if self._identity_serial not in (None, identity.serial):
+            self._log.info(
+                "identity_rotated",
+                serial=str(identity.serial),
+                not_after=format_expiration(identity.not_after),
+            )
+        self._identity_serial = identity.serial
+        return identity
+
+    def _check_lifetime(self, grant: Grant, started: datetime) -> None:
+        # A session that would have to be withheld at once must not replace one still good.
+        lifetime = (grant.credentials.expiration - started).total_seconds()
+        if lifetime <= self.policy.serve_margin:
+            problem = InvalidResponse(
+                f"CreateSession granted only {round(lifetime)} s, not more than the "
+                f"{int(self.policy.serve_margin)} s before expiry when serving stops"
+            )
+            problem.server_date = grant.server_date
+            raise problem
+
+    async def _timed_call(self, identity: Identity, started: datetime) -> Grant:
+        began = time.perf_counter()
+        try:
+            return await self._client.create_session(identity, self.request, started)
+        finally:
+            # Measured on the monotonic clock: the injected wall clock may be a test's fake.
+            self._call_seconds = time.perf_counter() - began
+
     def _succeeded(self, grant: Grant, started: datetime) -> None:
         creds = grant.credentials
         lifetime = max((creds.expiration - started).total_seconds(), 0.0)
-        delay = max(self.policy.refresh_delay(lifetime, self._rng), 0.0)
+        on_schedule = self.last_success_at is not None and self.failures == 0
+        delay = self.policy.next_refresh(lifetime, self._rng, on_schedule)
         self.current = creds
         self.obtained_at = started
         self.last_success_at = started
@@ -196,8 +287,7 @@ class ProfileSession:
             granted_seconds=int(lifetime),
             next_refresh=format_expiration(self.next_attempt_at),
         )
-        if self.identity.problem:
-            self._log.warning("identity_rotation_pending", problem=self.identity.problem)
+        self._observe("success")
 
     def _failed(self, exc: AgentError, started: datetime) -> None:
         self.failures += 1
@@ -215,6 +305,11 @@ class ProfileSession:
             retry_in_seconds=round(delay, 1),
             serving_until=format_expiration(serving.expiration) if serving else None,
         )
+        self._observe(type(exc).__name__)
+
+    def _observe(self, outcome: str) -> None:
+        if self._observer is not None:
+            self._observer(RefreshOutcome(self.name, outcome, self._call_seconds, self.state))
 
     def _report(self, event: str, error: str | None, **context: Any) -> None:
         """One log line per change of state or error, not one per attempt."""
@@ -229,15 +324,27 @@ class ProfileSession:
             self._log.warning(event, state=key[0], error=error, **context)
 
     def _check_skew(self, server_date: datetime | None, now: datetime) -> None:
+        """Compare our clock with the answer's `Date`; say so once per change of direction."""
         if server_date is None:
             return
         offset = (now - server_date).total_seconds()
+        direction = None
         if abs(offset) >= SKEW_WARNING_SECONDS:
-            self._log.warning(
-                "clock_skew",
-                offset_seconds=round(offset),
-                hint="local clock differs from the service's; check NTP",
-            )
+            direction = "ahead" if offset > 0 else "behind"
+        if direction == self._skew_direction:
+            return
+
+        self._skew_direction = direction
+        if direction is None:
+            self._log.info("clock_skew_resolved", offset_seconds=round(offset))
+            return
+        self._log.warning(
+            "clock_skew",
+            offset_seconds=round(offset),
+            direction=direction,
+            hint=f"local clock is {abs(round(offset))} s {direction} of the service's "
+            "(its Date header); check NTP",
+        )
 
     def health(self) -> dict[str, Any]:
         """The profile's state for /health: times and reasons, never a secret."""

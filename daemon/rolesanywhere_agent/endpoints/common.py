@@ -26,13 +26,19 @@ def allowed_hosts(port: int, extra: Iterable[str]) -> frozenset[str]:
     return frozenset(hosts)
 
 
-def guard(hosts: frozenset[str]) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
+
+
+def guard(hosts: frozenset[str]) -> Middleware:
     """Middleware: Host allow-list, then the handler; unknown paths and methods as JSON."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.headers.get("Host", "").lower() not in hosts:
             return json_error(403, "InvalidHost", "Host header is not an allowed loopback name")
+        if not request.raw_path.startswith("/"):
+            # `http://other.host/...` (proxy form) or `*` would bypass the Host allow-list.
+            return json_error(400, "InvalidRequestTarget", "expected a path such as /health")
         try:
             return await handler(request)
         except web.HTTPMethodNotAllowed as exc:

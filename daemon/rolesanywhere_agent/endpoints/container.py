@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 
 import structlog
 from aiohttp import web
 
+from ..credentials import Credentials
 from ..sessions import ProfileSession
 from ..tokens import TokenFile
 from .common import json_error
@@ -22,6 +24,8 @@ class ContainerEndpoint:
     ) -> None:
         self._sessions = sessions
         self._tokens = tokens
+        # Each profile's last 200 body, encoded once per session rather than once per request.
+        self._bodies: dict[str, tuple[Credentials, bytes]] = {}
 
     def routes(self) -> list[web.RouteDef]:
         return [web.get(PATH, self.credentials, allow_head=False)]
@@ -44,4 +48,13 @@ class ContainerEndpoint:
                 f"no valid session for profile {name!r} yet; retry in {retry} s",
                 **{"Retry-After": str(retry)},
             )
-        return web.json_response(creds.container_json())
+        return web.Response(
+            body=self._body(name, creds), content_type="application/json", charset="utf-8"
+        )
+
+    def _body(self, name: str, creds: Credentials) -> bytes:
+        cached = self._bodies.get(name)
+        if cached is None or cached[0] is not creds:
+            cached = (creds, json.dumps(creds.container_json()).encode())
+            self._bodies[name] = cached
+        return cached[1]
