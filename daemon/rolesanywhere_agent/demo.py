@@ -1,7 +1,8 @@
 """`rolesanywhere-agent demo`: a throwaway PKI, the emulator, the agent, and real SDK calls.
 
 Nothing here talks to AWS: the SDKs are pointed at the emulator on loopback and their only
-credential source is the agent's container endpoint.
+credential source is the agent: its container endpoint, and for the first profile also its
+IMDSv2 endpoint.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import uuid
@@ -131,6 +133,7 @@ async def _demo(folder: Path, once: bool, stop: asyncio.Event) -> int:
     endpoint = await emulator.start()
     document = agent_document(identities, anchor, profile, endpoint)
     document["token_dir"] = str(folder / "run")
+    document["profiles"][PROFILES[0].name]["imds"] = {"port": free_port()}
     agent = Agent(parse_config(document, folder / "agent.yaml", os.environ))
     try:
         await agent.start()
@@ -166,7 +169,36 @@ async def _check_clients(agent: Agent, endpoint: str) -> bool:
             verdict = "ok  " if code == 0 else "FAIL"
             print(f"{verdict} profile {demo.name:<3} via {label:<7}: {shown}", flush=True)
             ok = ok and code == 0
-    return ok
+    return await _check_imds(agent, endpoint) and ok
+
+
+async def _check_imds(agent: Agent, endpoint: str) -> bool:
+    """boto3 with IMDS as its only credential source, pointed at the agent's listener."""
+    demo = PROFILES[0]
+    imds = agent.exports(demo.name).imds_endpoint
+    assert imds is not None
+    env = imds_environment(imds, endpoint)
+    code, output = await run_child([sys.executable, "-c", _BOTO3_CALL], env)
+    shown = output if code == 0 else (output.splitlines() or ["no output"])[-1]
+    verdict = "ok  " if code == 0 else "FAIL"
+    print(f"{verdict} profile {demo.name:<3} via boto3 over IMDS: {shown}", flush=True)
+    return code == 0
+
+
+def imds_environment(imds_endpoint: str, sts_endpoint: str) -> dict[str, str]:
+    """A child environment whose only credential source is the agent's IMDS listener."""
+    env = sdk_environment({}, sts_endpoint)
+    del env["AWS_EC2_METADATA_DISABLED"]
+    env["AWS_EC2_METADATA_SERVICE_ENDPOINT"] = imds_endpoint
+    env["NO_PROXY"] = "127.0.0.1,localhost,::1"
+    return env
+
+
+def free_port() -> int:
+    """A loopback port free right now: the IMDS listener needs a fixed port in its config."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _print_exports(agent: Agent, endpoint: str) -> None:
@@ -179,6 +211,10 @@ def _print_exports(agent: Agent, endpoint: str) -> None:
         for name, value in exports.items():
             print(f"export {name}={value}")
         print("# so that no other credential source on this machine gets in first:")
-        print("export AWS_EC2_METADATA_DISABLED=true AWS_CONFIG_FILE=/dev/null "
-              "AWS_SHARED_CREDENTIALS_FILE=/dev/null")
+        if "AWS_EC2_METADATA_SERVICE_ENDPOINT" in exports:
+            # IMDS points at the agent here: SDKs without the container provider use it.
+            print("export AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null")
+        else:
+            print("export AWS_EC2_METADATA_DISABLED=true AWS_CONFIG_FILE=/dev/null "
+                  "AWS_SHARED_CREDENTIALS_FILE=/dev/null")
         print("aws sts get-caller-identity")
