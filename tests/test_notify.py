@@ -208,3 +208,22 @@ def test_without_notify_socket_nothing_is_sent() -> None:
 
     assert notifier.enabled is False
     assert notifier.address is None
+
+
+def test_sighup_sends_reloading_then_ready(
+    world: World, tmp_path: Path, emulator: str, listener: NotifyListener
+) -> None:
+    process, _ = start_agent(world, tmp_path, emulator, agent_env(listener))
+    try:
+        listener.wait_for(lambda m: "READY" in m)
+        ready_at = len(listener.messages)
+        process.send_signal(signal.SIGHUP)
+        reloading = listener.wait_for(lambda m: "RELOADING" in m, after=ready_at)
+        after = listener.messages.index(reloading) + 1
+        ready_again = listener.wait_for(lambda m: "READY" in m, after=after)
+    finally:
+        code = stop(process)
+
+    assert reloading["RELOADING"] == "1" and int(reloading["MONOTONIC_USEC"]) > 0
+    assert ready_again == {"READY": "1", "STATUS": "2 of 2 profiles ready"}
+    assert code == 0

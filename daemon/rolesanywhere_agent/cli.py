@@ -95,8 +95,8 @@ async def _serve(
     config: AgentConfig, stop: asyncio.Event, sock: socket.socket | None, path: Path
 ) -> int:
     agent = Agent(config, sock=sock)
-    reload_on_hangup(agent, path, stop)
     notifier = Notifier()
+    reload_on_hangup(agent, path, stop, notifier)
     reporter = ServiceReporter(notifier, agent.sessions)
     agent.on_refresh(reporter.refresh_finished)
     reporting = asyncio.create_task(reporter.run(), name="service-reporter")
@@ -113,7 +113,9 @@ async def _serve(
     return EXIT_OK
 
 
-def reload_on_hangup(agent: Agent, path: Path, stop: asyncio.Event) -> None:
+def reload_on_hangup(
+    agent: Agent, path: Path, stop: asyncio.Event, notifier: Notifier
+) -> None:
     """SIGHUP re-reads `path` and hands it to the agent, which applies it or refuses it."""
     loop = asyncio.get_running_loop()
     pending: set[asyncio.Task[None]] = set()
@@ -121,15 +123,16 @@ def reload_on_hangup(agent: Agent, path: Path, stop: asyncio.Event) -> None:
     def on_hangup() -> None:
         if stop.is_set():
             return  # stopping: a reload now would only slow the drain down
-        task = loop.create_task(_reload(agent, path), name="reload")
+        task = loop.create_task(_reload(agent, path, notifier), name="reload")
         pending.add(task)  # a reference, so the task is not collected while it runs
         task.add_done_callback(pending.discard)
 
     loop.add_signal_handler(signal.SIGHUP, on_hangup)
 
 
-async def _reload(agent: Agent, path: Path) -> None:
+async def _reload(agent: Agent, path: Path, notifier: Notifier) -> None:
     log.info("config_reload_requested", path=str(path))
+    notifier.reloading()
     try:
         config = await asyncio.to_thread(load_config, path)
     except ConfigError as exc:
@@ -138,8 +141,10 @@ async def _reload(agent: Agent, path: Path) -> None:
             error=str(exc),
             hint="the previous configuration keeps running",
         )
-        return
-    await agent.reload(config)
+    else:
+        await agent.reload(config)
+    # systemd waits for READY=1 after RELOADING=1, whether the new config was taken or not.
+    notifier.ready(profiles_status(agent.sessions))
 
 
 def cmd_env(args: argparse.Namespace) -> int:
