@@ -14,6 +14,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import yaml
 
 from rolesanywhere_agent import pki
 from rolesanywhere_agent.app import Agent
@@ -65,6 +66,19 @@ class World:
             profiles=(Profile(arn=self.profile_arn, role_arns=roles, **profile),),
             account_id=ACCOUNT,
         )
+
+    def write_emulator_yaml(self, folder: Path) -> Path:
+        """The emulator config file that `rolesanywhere-agent emulator --config` reads."""
+        (folder / "root.pem").write_bytes(self.root.cert_pem)
+        path = folder / "emulator.yaml"
+        roles = [role_arn(name) for name in self.identities]
+        document = {
+            "account_id": ACCOUNT,
+            "trust_anchors": [{"arn": self.anchor_arn, "certificates": ["root.pem"]}],
+            "profiles": [{"arn": self.profile_arn, "role_arns": roles}],
+        }
+        path.write_text(yaml.safe_dump(document))
+        return path
 
     def agent_document(self, endpoint: str, port: int = 0, **extra: Any) -> dict[str, Any]:
         profiles = {}

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import AWS_CLI, BOTO3_CALLER, PYTHON, World, role_arn, sdk_env
+from .conftest import AWS_CLI, BOTO3_CALLER, PYTHON, World, sdk_env
 from .processes import AGENT, free_port, http_status, log_events, running
 
 
@@ -17,19 +17,7 @@ def processes(world: World, tmp_path: Path):
     """The emulator and the agent started from the CLI with config files, two profiles."""
     world.add_leaf("rsa", "rsa2048")
     world.add_leaf("ec", "p384")
-    (tmp_path / "root.pem").write_bytes(world.root.cert_pem)
-    emulator_yaml = tmp_path / "emulator.yaml"
-    emulator_yaml.write_text(
-        yaml.safe_dump(
-            {
-                "account_id": "111122223333",
-                "trust_anchors": [{"arn": world.anchor_arn, "certificates": ["root.pem"]}],
-                "profiles": [
-                    {"arn": world.profile_arn, "role_arns": [role_arn("rsa"), role_arn("ec")]}
-                ],
-            }
-        )
-    )
+    emulator_yaml = world.write_emulator_yaml(tmp_path)
     emulator_port, agent_port = free_port(), free_port()
     endpoint = f"http://127.0.0.1:{emulator_port}"
     agent_yaml = tmp_path / "agent.yaml"

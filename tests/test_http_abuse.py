@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from .conftest import Stack, make_world, role_arn
+from .conftest import Stack, make_world
 from .polling import until
 from .processes import AGENT, free_port, http_status, log_events, running
 
@@ -212,16 +212,7 @@ def target(tmp_path_factory) -> Iterator[Target]:
     folder = tmp_path_factory.mktemp("abuse")
     world = make_world(folder)
     world.add_leaf("web", "p256")
-    (folder / "root.pem").write_bytes(world.root.cert_pem)
-    emulator_yaml = folder / "emulator.yaml"
-    emulator_yaml.write_text(
-        yaml.safe_dump(
-            {
-                "trust_anchors": [{"arn": world.anchor_arn, "certificates": ["root.pem"]}],
-                "profiles": [{"arn": world.profile_arn, "role_arns": [role_arn("web")]}],
-            }
-        )
-    )
+    emulator_yaml = world.write_emulator_yaml(folder)
     emulator_port, port = free_port(), free_port()
     endpoint = f"http://127.0.0.1:{emulator_port}"
     config = folder / "agent.yaml"

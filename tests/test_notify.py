@@ -20,7 +20,7 @@ import yaml
 
 from rolesanywhere_agent.notify import Notifier
 
-from .conftest import World, role_arn
+from .conftest import World
 from .processes import AGENT, free_port, http_status, running
 
 WAIT_SECONDS = 30.0
@@ -79,13 +79,7 @@ def listener(request) -> Iterator[NotifyListener]:
 def emulator(world: World, tmp_path: Path) -> Iterator[str]:
     world.add_leaf("rsa", "rsa2048")
     world.add_leaf("ec", "p256")
-    (tmp_path / "root.pem").write_bytes(world.root.cert_pem)
-    config = tmp_path / "emulator.yaml"
-    config.write_text(yaml.safe_dump({
-        "account_id": "111122223333",
-        "trust_anchors": [{"arn": world.anchor_arn, "certificates": ["root.pem"]}],
-        "profiles": [{"arn": world.profile_arn, "role_arns": [role_arn("rsa"), role_arn("ec")]}],
-    }))
+    config = world.write_emulator_yaml(tmp_path)
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     argv = [*AGENT, "emulator", "--config", str(config), "--port", str(port), "--controls"]

@@ -364,19 +364,7 @@ class Served:
 def served(world: World, tmp_path: Path):
     world.add_leaf("web", "rsa2048")
     world.add_leaf("api", "p256")
-    (tmp_path / "root.pem").write_bytes(world.root.cert_pem)
-    emulator_yaml = tmp_path / "emulator.yaml"
-    emulator_yaml.write_text(
-        yaml.safe_dump(
-            {
-                "account_id": "111122223333",
-                "trust_anchors": [{"arn": world.anchor_arn, "certificates": ["root.pem"]}],
-                "profiles": [
-                    {"arn": world.profile_arn, "role_arns": [role_arn("web"), role_arn("api")]}
-                ],
-            }
-        )
-    )
+    emulator_yaml = world.write_emulator_yaml(tmp_path)
     served = Served(world, tmp_path)
     served.write_config(["web"])
     port = str(served.emulator_port)

@@ -6,6 +6,8 @@ from collections.abc import Awaitable, Callable, Iterable
 
 from aiohttp import web
 
+from ..sessions import ProfileSession
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]", "[0:0:0:0:0:0:0:1]")
@@ -14,6 +16,17 @@ LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]", "[0:0:0:0:0:0:0:1]")
 def json_error(status: int, code: str, message: str, **headers: str) -> web.Response:
     """An error body botocore can copy into its exception text: it never holds a secret."""
     return web.json_response({"Code": code, "Message": message}, status=status, headers=headers)
+
+
+def unavailable(session: ProfileSession, subject: str) -> web.Response:
+    """503: nothing may be served now; Retry-After says when the next attempt is due."""
+    retry = session.retry_after()
+    return json_error(
+        503,
+        "CredentialsUnavailable",
+        f"no valid session for {subject} yet; retry in {retry} s",
+        **{"Retry-After": str(retry)},
+    )
 
 
 def allowed_hosts(port: int, extra: Iterable[str]) -> frozenset[str]:

@@ -11,7 +11,7 @@ from aiohttp import web
 from ..credentials import Credentials
 from ..sessions import ProfileSession
 from ..tokens import TokenFile
-from .common import json_error
+from .common import json_error, unavailable
 
 log = structlog.get_logger("rolesanywhere_agent.container")
 
@@ -41,13 +41,7 @@ class ContainerEndpoint:
 
         creds = await session.get()
         if creds is None:
-            retry = session.retry_after()
-            return json_error(
-                503,
-                "CredentialsUnavailable",
-                f"no valid session for profile {name!r} yet; retry in {retry} s",
-                **{"Retry-After": str(retry)},
-            )
+            return unavailable(session, f"profile {name!r}")
         return web.Response(
             body=self._body(name, creds), content_type="application/json", charset="utf-8"
         )

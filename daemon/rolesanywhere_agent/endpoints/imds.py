@@ -20,7 +20,7 @@ from aiohttp import web
 from ..clock import Clock
 from ..credentials import format_expiration
 from ..sessions import ProfileSession
-from .common import json_error
+from .common import json_error, unavailable
 
 log = structlog.get_logger("rolesanywhere_agent.imds")
 
@@ -139,13 +139,7 @@ class ImdsEndpoint:
 
         creds = await session.get()
         if creds is None:
-            retry = session.retry_after()
-            return json_error(
-                503,
-                "CredentialsUnavailable",
-                f"no valid session for role {role!r} yet; retry in {retry} s",
-                **{"Retry-After": str(retry)},
-            )
+            return unavailable(session, f"role {role!r}")
         updated = session.obtained_at or self._clock.now()
         return web.json_response(creds.imds_json(updated))
 
