@@ -31,7 +31,7 @@ EXPIRATION = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 @pytest.fixture
 async def imds(stack_factory):
     """An agent whose profile `web` also has an IMDS listener."""
-    return await stack_factory(agent_extra={"imds": {"port": free_port()}})
+    return await stack_factory(agent_extra={"imds": {"port": 0}})
 
 
 def base(stack) -> str:
@@ -244,9 +244,9 @@ async def test_no_token_or_secret_is_logged(imds) -> None:
 
 
 async def test_agent_logs_the_imds_exports_at_start(stack_factory) -> None:
-    port = free_port()
     with capture_logs() as events:
-        stack = await stack_factory(agent_extra={"imds": {"port": port}})
+        stack = await stack_factory(agent_extra={"imds": {"port": 0}})
+    port = stack.agent.imds_ports["web"]
 
     serving = next(e for e in events if e["event"] == "profile_serving")
     assert serving["AWS_EC2_METADATA_SERVICE_ENDPOINT"] == f"http://127.0.0.1:{port}/"
@@ -302,7 +302,7 @@ async def test_case_c27_botocore_through_a_proxy_gets_no_credentials(stack_facto
     """botocore's IMDS client honours HTTP_PROXY: a proxy adds X-Forwarded-For, the PUT is
     refused with 400 and botocore stops (a 403 would have sent it on without a token).
     With the NO_PROXY that `env` prints, the same client goes direct and succeeds."""
-    stack = await stack_factory(agent_extra={"imds": {"port": free_port()}}, real_time=True)
+    stack = await stack_factory(agent_extra={"imds": {"port": 0}}, real_time=True)
     proxy = LoopbackProxy(set_headers={"X-Forwarded-For": "203.0.113.7"})
     proxy_url = await proxy.start()
     try:

@@ -14,7 +14,6 @@ from aiohttp import web
 
 from rolesanywhere_agent.endpoints.imds import TTL_HEADER, ImdsEndpoint
 
-from .processes import free_port
 from .sdk_clients import build_go_caller, container_env, imds_env, run
 
 ROLE_ARN_PREFIX = "arn:aws:sts::111122223333:assumed-role/web/"
@@ -29,7 +28,7 @@ def go_caller(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 async def stack(stack_factory):
-    return await stack_factory(agent_extra={"imds": {"port": free_port()}}, real_time=True)
+    return await stack_factory(agent_extra={"imds": {"port": 0}}, real_time=True)
 
 
 @pytest.mark.parametrize("source", ["imds", "container, token in env"])

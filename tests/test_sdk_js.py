@@ -14,7 +14,6 @@ import pytest
 from aiohttp import web
 
 from .conftest import sdk_env
-from .processes import free_port
 from .sdk_clients import container_env, imds_env, js, requires_js, run
 
 pytestmark = requires_js
@@ -24,7 +23,7 @@ ROLE_ARN_PREFIX = "arn:aws:sts::111122223333:assumed-role/web/"
 
 @pytest.fixture
 async def stack(stack_factory):
-    return await stack_factory(agent_extra={"imds": {"port": free_port()}}, real_time=True)
+    return await stack_factory(agent_extra={"imds": {"port": 0}}, real_time=True)
 
 
 @asynccontextmanager

@@ -13,7 +13,6 @@ import pytest
 from structlog.testing import capture_logs
 
 from .conftest import PYTHON
-from .processes import free_port
 from .sdk_clients import AWS_CLI_CALL, BOTOCORE, container_env, imds_env, run
 
 ROLE_ARN_PREFIX = "arn:aws:sts::111122223333:assumed-role/web/"
@@ -36,7 +35,7 @@ print(fetches, len(arns))
 
 @pytest.fixture
 async def stack(stack_factory):
-    return await stack_factory(agent_extra={"imds": {"port": free_port()}}, real_time=True)
+    return await stack_factory(agent_extra={"imds": {"port": 0}}, real_time=True)
 
 
 @pytest.mark.parametrize(

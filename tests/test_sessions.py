@@ -44,8 +44,12 @@ async def test_first_session_is_fetched_before_ready(stack_factory) -> None:
     )
 
 
+# Generous: on a loaded machine 200 waiting clients may take longer than the default 1 s.
+PATIENT = RefreshPolicy(cold_wait=30)
+
+
 async def test_case_c22_single_flight_on_cold_cache(stack_factory) -> None:
-    stack = await stack_factory(wait_ready=False)
+    stack = await stack_factory(wait_ready=False, policy=PATIENT)
     stack.emulator.inject(Fault(delay=0.3, times=1))
 
     answers = await fan_out(stack)
@@ -56,7 +60,7 @@ async def test_case_c22_single_flight_on_cold_cache(stack_factory) -> None:
 
 
 async def test_case_c22_single_flight_on_about_to_expire_cache(stack_factory) -> None:
-    stack = await stack_factory()
+    stack = await stack_factory(policy=PATIENT)
     _, _, before = await stack.get("web")
     stack.emulator.inject(Fault(delay=0.3, times=1))
 

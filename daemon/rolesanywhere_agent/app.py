@@ -73,7 +73,12 @@ class Exports:
         return exports
 
 
-def exports_for(config: AgentConfig, profile: ProfileConfig, port: int | None = None) -> Exports:
+def exports_for(
+    config: AgentConfig,
+    profile: ProfileConfig,
+    port: int | None = None,
+    imds_port: int | None = None,
+) -> Exports:
     # 127.0.0.1 is the one host every SDK accepts in FULL_URI (DESIGN §6, case C20); a
     # wildcard listener answers there too.
     host = config.listen.host
@@ -82,7 +87,9 @@ def exports_for(config: AgentConfig, profile: ProfileConfig, port: int | None = 
     elif ":" in host and not host.startswith("["):
         host = f"[{host}]"
     port = port or config.listen.port
-    imds = f"http://{IMDS_HOST}:{profile.imds.port}/" if profile.imds else None
+    imds = None
+    if profile.imds is not None:
+        imds = f"http://{IMDS_HOST}:{imds_port or profile.imds.port}/"
     return Exports(
         full_uri=f"http://{host}:{port}/v1/credentials/{profile.name}",
         token_file=str(profile.token_file.path),
@@ -118,6 +125,7 @@ class Agent:
         self._client: RolesAnywhereClient | None = None
         self._listener: Listener | None = None
         self._imds_sites: list[tuple[web.AppRunner, Listener]] = []
+        self.imds_ports: dict[str, int] = {}
         # Profiles with a CA bundle, `insecure` or a proxy: own connection pool each.
         self._upstream_clients: dict[tuple[UpstreamConfig, str], RolesAnywhereClient] = {}
         self._upstream_http: list[aiohttp.ClientSession] = []
@@ -312,7 +320,9 @@ class Agent:
             log.info("agent_stopped")
 
     def exports(self, profile: str) -> Exports:
-        return exports_for(self.config, self.config.profiles[profile], self.port)
+        """The exports with the ports actually bound (a configured 0 picks a free one)."""
+        config = self.config.profiles[profile]
+        return exports_for(self.config, config, self.port, self.imds_ports.get(profile))
 
     def _session(self, profile: ProfileConfig, identity: IdentitySource) -> ProfileSession:
         return ProfileSession(
@@ -358,7 +368,7 @@ class Agent:
 
     async def _listen_imds(self, socks: dict[str, socket.socket]) -> None:
         for profile, sock in socks.items():
-            port = sock.getsockname()[1]
+            port = self.imds_ports[profile] = sock.getsockname()[1]
             self._imds_sites.append(await self._site(self.imds_application(profile, port), sock))
             log.info("listening_imds", profile=profile, host=IMDS_HOST, port=port)
 

@@ -204,7 +204,8 @@ def _profile(reader: _Reader, name: str, doc: Any, token_dir: Path) -> ProfileCo
     imds = None
     if profile.get("imds") is not None:
         imds_doc = reader.mapping(profile["imds"], f"{where}.imds", {"port"})
-        imds = ImdsConfig(reader.integer(imds_doc.get("port"), f"{where}.imds.port", 1, 65535))
+        # 0 picks a free port, as for listen.port; `Agent.exports` then names the real one.
+        imds = ImdsConfig(reader.integer(imds_doc.get("port"), f"{where}.imds.port", 0, 65535))
     upstream = _upstream(reader, where, profile)
     return ProfileConfig(name, identity, session, token_file, imds, upstream)
 
@@ -351,7 +352,7 @@ def _check_ports(
             continue
         key = f"profiles.{profile.name}.imds.port"
         owner = taken.get(profile.imds.port)
-        if owner:
+        if owner and profile.imds.port != 0:
             raise reader.error(key, f"port {profile.imds.port} is already used by {owner}")
         taken[profile.imds.port] = key
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
 import sys
 import tempfile
 import uuid
@@ -133,7 +132,7 @@ async def _demo(folder: Path, once: bool, stop: asyncio.Event) -> int:
     endpoint = await emulator.start()
     document = agent_document(identities, anchor, profile, endpoint)
     document["token_dir"] = str(folder / "run")
-    document["profiles"][PROFILES[0].name]["imds"] = {"port": free_port()}
+    document["profiles"][PROFILES[0].name]["imds"] = {"port": 0}
     agent = Agent(parse_config(document, folder / "agent.yaml", os.environ))
     try:
         await agent.start()
@@ -192,13 +191,6 @@ def imds_environment(imds_endpoint: str, sts_endpoint: str) -> dict[str, str]:
     env["AWS_EC2_METADATA_SERVICE_ENDPOINT"] = imds_endpoint
     env["NO_PROXY"] = "127.0.0.1,localhost,::1"
     return env
-
-
-def free_port() -> int:
-    """A loopback port free right now: the IMDS listener needs a fixed port in its config."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _print_exports(agent: Agent, endpoint: str) -> None:
