@@ -152,8 +152,15 @@ def cmd_env(args: argparse.Namespace) -> int:
     if args.profile not in config.profiles:
         known = ", ".join(sorted(config.profiles))
         raise ConfigError(f"{args.config}: profiles: no profile {args.profile!r} (have {known})")
-    exports = exports_for(config, config.profiles[args.profile]).as_dict()
-    print(format_exports(exports, args.format))
+    profile = config.profiles[args.profile]
+    if not profile.token_file.path.exists():
+        # Still print: a unit file or script may be written before the agent first starts.
+        print(
+            f"rolesanywhere-agent: warning: {profile.token_file.path} does not exist yet; "
+            "the agent writes it when it starts",
+            file=sys.stderr,
+        )
+    print(format_exports(exports_for(config, profile).as_dict(), args.format))
     return EXIT_OK
 
 

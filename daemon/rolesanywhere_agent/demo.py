@@ -138,10 +138,15 @@ async def _demo(folder: Path, once: bool, stop: asyncio.Event) -> int:
         await agent.start()
         print(f"emulator: {endpoint}   agent: http://127.0.0.1:{agent.port}   files: {folder}")
         ok = await _check_clients(agent, endpoint)
+        if not ok:
+            return 1
         _print_exports(agent, endpoint)
-        if once or not ok:
-            return 0 if ok else 1
-        print("\nServing until Ctrl-C.", flush=True)
+        if once:
+            print("\n(--once: the demo stops now, so these ports and files are gone; "
+                  "run it without --once to use them.)")
+            return 0
+        print(f"\nHealth: curl http://127.0.0.1:{agent.port}/health")
+        print("Serving until Ctrl-C.", flush=True)
         await stop.wait()
         return 0
     finally:
