@@ -145,7 +145,8 @@ class Stack:
         return Path(self.agent.exports(profile).token_file).read_text()
 
     async def get(self, profile: str, **headers: str) -> tuple[int, dict[str, Any], Any]:
-        headers.setdefault("Authorization", self.token(profile))
+        if "Authorization" not in headers:
+            headers["Authorization"] = self.token(profile)
         url = f"{self.base}/v1/credentials/{profile}"
         async with self.http.get(url, headers=headers) as response:
             return response.status, dict(response.headers), await response.json()

@@ -247,3 +247,54 @@ async def test_connection_to_health_with_plain_client(stack_factory) -> None:
         assert (await response.json())["profiles"]["web"]["expiration"] == format_expiration(
             stack.agent.sessions["web"].current.expiration
         )
+
+
+async def test_reused_token_file_gets_the_configured_mode_back(stack_factory, world) -> None:
+    (world.folder / "run").mkdir(parents=True, mode=0o700)
+    path = world.folder / "run" / "web.token"
+    path.write_text("operator-chosen-token-0123456789")
+    path.chmod(0o666)
+
+    with capture_logs() as events:
+        await stack_factory()
+
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    corrected = [e for e in events if e["event"] == "token_file_mode_corrected"]
+    assert [(e["was"], e["now"]) for e in corrected] == [("0o666", "0o600")]
+
+
+async def test_deleted_token_file_is_written_back(stack_factory) -> None:
+    stack = await stack_factory()
+    path = Path(stack.agent.exports("web").token_file)
+    token = stack.token("web")
+    path.unlink()
+
+    status, _, _ = await stack.get("web", Authorization=token)
+
+    assert status == 200
+    assert path.read_text() == token
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+async def test_unusable_or_foreign_writable_rewrite_keeps_the_old_token(stack_factory) -> None:
+    stack = await stack_factory()
+    path = Path(stack.agent.exports("web").token_file)
+    token = stack.token("web")
+
+    path.write_text("short")
+    with capture_logs() as events:
+        first = (await stack.get("web", Authorization=token))[0]
+    path.write_text("planted-by-another-user-0123456789")
+    path.chmod(0o666)
+    with capture_logs() as later:
+        planted = (await stack.get("web", Authorization="planted-by-another-user-0123456789"))[0]
+
+    assert first == 200
+    assert [e["event"] for e in events if e["event"].startswith("token_file")] == [
+        "token_file_unusable"
+    ]
+    assert planted == 401
+    assert [e["event"] for e in later if e["event"].startswith("token_file")] == [
+        "token_file_unsafe"
+    ]
+    assert (await stack.get("web", Authorization=token))[0] == 200

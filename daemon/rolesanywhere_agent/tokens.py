@@ -41,6 +41,7 @@ class TokenFile:
             existing = self._read()
         if existing is None:
             raise ConfigError(f"{self.path}: token file could not be written back")
+        self._enforce_mode()
         self._token = existing.encode()
         self._stamp = self._stamp_of()
 
@@ -52,16 +53,67 @@ class TokenFile:
         return hmac.compare_digest(presented.encode("utf-8", "replace"), self._token)
 
     def _follow_file(self) -> None:
-        # An operator who rewrites the file means the new token; a vanished or unusable file
-        # keeps the last good one so running clients are not cut off.
+        # An operator who rewrites the file means the new token; a vanished file is written
+        # back and an unusable one ignored, so running clients are not cut off.
         stamp = self._stamp_of()
         if stamp == self._stamp:
             return
+        if stamp is None:
+            self._restore()
+            return
         self._stamp = stamp
+        if self._writable_by_others():
+            log.warning("token_file_unsafe", profile=self.profile, path=str(self.path),
+                        hint="other users can write this file; its new token is ignored")
+            return
         token = self._read()
-        if token is not None and token.encode() != self._token:
+        if token is None:
+            log.warning("token_file_unusable", profile=self.profile, path=str(self.path),
+                        hint="16+ printable characters without spaces; the old token stays")
+        elif token.encode() != self._token:
+            try:
+                self._enforce_mode()
+            except ConfigError as exc:  # serving goes on; the operator hears why
+                log.warning("token_file_mode_not_set", profile=self.profile, error=str(exc))
             self._token = token.encode()
             log.info("token_file_reloaded", profile=self.profile, path=str(self.path))
+
+    def _restore(self) -> None:
+        try:
+            self._write(self._token.decode())
+        except ConfigError as exc:
+            log.warning("token_file_missing", profile=self.profile, error=str(exc))
+            return
+        self._stamp = self._stamp_of()
+        log.warning("token_file_restored", profile=self.profile, path=str(self.path))
+
+    def _writable_by_others(self) -> bool:
+        try:
+            return bool(self.path.stat().st_mode & (stat.S_IWGRP | stat.S_IWOTH))
+        except OSError:
+            return False
+
+    def _enforce_mode(self) -> None:
+        """Give a reused or rewritten file the configured mode and group (0600 by default)."""
+        try:
+            info = self.path.stat()
+            if self._config.group:
+                gid = _group_id(self._config.group, self.path)
+                if info.st_gid != gid:
+                    os.chown(self.path, -1, gid)
+            if stat.S_IMODE(info.st_mode) != self._config.mode:
+                os.chmod(self.path, self._config.mode)
+                log.warning(
+                    "token_file_mode_corrected",
+                    profile=self.profile,
+                    path=str(self.path),
+                    was=oct(stat.S_IMODE(info.st_mode)),
+                    now=oct(self._config.mode),
+                )
+        except OSError as exc:
+            raise ConfigError(
+                f"{self.path}: cannot set the token file's mode ({exc.strerror})"
+            ) from None
 
     def _read(self) -> str | None:
         try:
