@@ -32,7 +32,14 @@ def inherited_socket(environ: MutableMapping[str, str] | None = None) -> socket.
     if int(count) > 1:
         log.warning("extra_sockets_ignored", received=int(count), used=FIRST_FD)
 
-    sock = socket.socket(fileno=FIRST_FD)
+    try:
+        sock = socket.socket(fileno=FIRST_FD)
+    except OSError as exc:
+        # ENOTSOCK (a file on fd 3) or EBADF (fd 3 closed): LISTEN_FDS promised a socket.
+        raise ConfigError(
+            f"socket activation: LISTEN_FDS={count} but file descriptor 3 is not an open "
+            f"socket ({exc.strerror}); start the agent from its .socket unit or unset LISTEN_FDS"
+        ) from None
     usable = sock.type == socket.SOCK_STREAM and sock.family in (socket.AF_INET, socket.AF_INET6)
     listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
     if not usable or not listening:

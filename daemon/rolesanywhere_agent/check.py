@@ -21,7 +21,7 @@ from .config import ProfileConfig, load_config
 from .credentials import format_expiration
 from .errors import AgentError
 from .identity import Identity, load_identity
-from .rolesanywhere import RolesAnywhereClient
+from .rolesanywhere import RolesAnywhereClient, redact
 from .upstream import client_session, ssl_setting
 
 EXPIRY_WARNING_DAYS = 14
@@ -125,7 +125,8 @@ async def live(report: ProfileReport, now: datetime) -> None:
                 report.identity, profile.session, now
             )
         except AgentError as exc:
-            report.live, report.live_failed = f"refused: {exc}", True
+            # redact: the messages are already clean; this keeps any later one so too.
+            report.live, report.live_failed = f"refused: {redact(str(exc))}", True
             return
     seconds = int((grant.credentials.expiration - now).total_seconds())
     expiration = format_expiration(grant.credentials.expiration)

@@ -3,7 +3,10 @@
 Two ways to name what to sign for:
 - the flags of AWS's aws_signing_helper (`--certificate ... --role-arn ...`): sign here;
 - `--config FILE --profile NAME`: ask the running agent first (its container endpoint with
-  the profile's token file) and sign here only when the agent cannot be reached.
+  the profile's token file) and sign here only when the agent cannot be reached. Anything
+  on the agent's port that does not speak HTTP (a garbled or cut answer) counts as "cannot
+  be reached": the user asked for credentials, and signing here gives them; an HTTP error
+  status or a 200 without credentials comes from the agent itself and is reported.
 
 stdout carries the JSON document and nothing else, because the SDK parses it; diagnostics
 go to stderr. Exit codes as for the whole CLI: 0 ok, 1 no credentials, 2 usage, config or
@@ -18,11 +21,15 @@ import getpass
 import json
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import structlog
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.serialization import pkcs12
 
 from . import logs
 from .app import exports_for
@@ -31,7 +38,7 @@ from .config import AgentConfig, ProfileConfig, load_config, parse_config
 from .credentials import Credentials, parse_expiration
 from .errors import AgentError, ConfigError, IdentityError
 from .identity import load_identity
-from .rolesanywhere import RolesAnywhereClient
+from .rolesanywhere import RolesAnywhereClient, redact
 from .upstream import client_session
 
 log = structlog.get_logger("rolesanywhere_agent.credential_process")
@@ -158,7 +165,9 @@ async def from_agent(config: AgentConfig, profile: ProfileConfig) -> Credentials
             http.get(exports.full_uri, headers={"Authorization": token}) as response,
         ):
             status, text = response.status, await response.text()
-    except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+    except (aiohttp.ClientError, TimeoutError, UnicodeDecodeError) as exc:
+        # ClientError covers more than refused connections: a port held by something that is
+        # not the agent answers with bytes aiohttp cannot parse as HTTP.
         log.info("agent_unreachable", url=exports.full_uri, reason=_reason(exc))
         return None
 
@@ -203,8 +212,39 @@ def _prompted_passphrase(args: argparse.Namespace, profile: ProfileConfig) -> by
     if args.pkcs8_password != PROMPT:
         return None
     key = profile.identity.private_key or profile.identity.pkcs12
-    # getpass writes the prompt to the terminal, never to stdout.
-    return getpass.getpass(f"Passphrase for {key}: ").encode()
+    if key is None or not _needs_passphrase(key):
+        return None
+    try:
+        # getpass writes the prompt to the terminal, never to stdout.
+        return getpass.getpass(f"Passphrase for {key}: ").encode()
+    except EOFError:
+        print(file=sys.stderr)  # end the prompt's line, so the error has a line of its own
+        raise ConfigError(
+            "--pkcs8-password -: no passphrase typed (input closed); "
+            "type it at the prompt or give a file: --pkcs8-password FILE"
+        ) from None
+
+
+def _needs_passphrase(path: Path) -> bool:
+    """Whether the key file is encrypted; True when unsure, so the prompt still comes."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return False  # load_identity names the unreadable file, better than a prompt
+    if b"-----BEGIN" in data:
+        # PKCS#8 says "ENCRYPTED PRIVATE KEY"; traditional PEM says "Proc-Type: 4,ENCRYPTED".
+        return b"ENCRYPTED" in data
+    try:
+        pkcs12.load_pkcs12(data, None)
+        return False
+    except ValueError:
+        pass
+    try:
+        serialization.load_der_private_key(data, None)
+        return False
+    except (TypeError, ValueError, UnsupportedAlgorithm):
+        # TypeError: "Password was not given but private key is encrypted".
+        return True
 
 
 def _served_credentials(text: str, url: str) -> Credentials:
@@ -240,4 +280,4 @@ def _message(text: str) -> str:
 
 
 def _reason(exc: BaseException) -> str:
-    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+    return redact(str(exc).splitlines()[0])[:200] if str(exc) else type(exc).__name__
