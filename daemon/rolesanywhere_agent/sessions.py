@@ -22,7 +22,7 @@ from .clock import Clock, sleep_until
 from .credentials import Credentials, format_expiration
 from .errors import AccessDenied, AgentError, IdentityError, InvalidResponse, UpstreamError
 from .identity import Identity, IdentitySource
-from .rolesanywhere import Grant, RolesAnywhereClient, SessionRequest
+from .rolesanywhere import Grant, RolesAnywhereClient, SessionRequest, redact
 
 log = structlog.get_logger("rolesanywhere_agent.sessions")
 
@@ -219,7 +219,8 @@ class ProfileSession:
             self._failed(exc, started)
             return False
         except Exception as exc:  # noqa: BLE001 - a bug must not end the refresh loop
-            self._failed(UpstreamError(f"unexpected {type(exc).__name__}: {exc}"), started)
+            problem = redact(f"unexpected {type(exc).__name__}: {exc}")
+            self._failed(UpstreamError(problem), started)
             return False
         finally:
             self.attempts += 1
