@@ -79,13 +79,7 @@ def exports_for(
     port: int | None = None,
     imds_port: int | None = None,
 ) -> Exports:
-    # 127.0.0.1 is the one host every SDK accepts in FULL_URI (DESIGN §6, case C20); a
-    # wildcard listener answers there too.
-    host = config.listen.host
-    if is_loopback(host) or host.strip("[]") in ("0.0.0.0", "::"):
-        host = "127.0.0.1"
-    elif ":" in host and not host.startswith("["):
-        host = f"[{host}]"
+    host = advertised_host(config.listen.host)
     port = port or config.listen.port
     imds = None
     if profile.imds is not None:
@@ -95,6 +89,23 @@ def exports_for(
         token_file=str(profile.token_file.path),
         imds_endpoint=imds,
     )
+
+
+def advertised_host(host: str) -> str:
+    """The host to put in FULL_URI for a listener on `host`, bracketed when IPv6.
+
+    127.0.0.1 is the one host every SDK accepts (DESIGN §6, case C20): `localhost` and
+    wildcard listeners answer there. Any other address is where the agent listens, itself.
+    """
+    bare = host.strip("[]")
+    if bare.lower() == "localhost" or bare in ("0.0.0.0", "::"):
+        return "127.0.0.1"
+    return f"[{bare}]" if ":" in bare else bare
+
+
+def _refused_by_some_sdks(host: str) -> bool:
+    # `localhost`, ::1 and 127/8 addresses other than 127.0.0.1 fail somewhere (case C20).
+    return is_loopback(host) and host != "127.0.0.1"
 
 
 class Agent:
@@ -271,6 +282,14 @@ class Agent:
                 "listening_beyond_loopback",
                 host=config.listen.host,
                 hint="tokens and the Host allow-list still apply; prefer 127.0.0.1",
+            )
+        host = advertised_host(config.listen.host)
+        if _refused_by_some_sdks(host):
+            log.warning(
+                "full_uri_host_not_portable",
+                host=host,
+                hint="some SDKs refuse this FULL_URI host (the JS SDK's legacy container "
+                "provider accepts only localhost and 127.0.0.1); listen on 127.0.0.1",
             )
         for profile in config.profiles.values():
             warn_loose_secret_files(profile.name, profile.identity)

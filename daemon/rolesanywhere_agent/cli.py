@@ -135,14 +135,21 @@ async def _reload(agent: Agent, path: Path, notifier: Notifier) -> None:
     notifier.reloading()
     try:
         config = await asyncio.to_thread(load_config, path)
-    except ConfigError as exc:
+        await agent.reload(config)
+    except AgentError as exc:
         log.error(
             "config_reload_refused",
             error=str(exc),
             hint="the previous configuration keeps running",
         )
-    else:
-        await agent.reload(config)
+    except Exception as exc:  # noqa: BLE001 - a reload must never take the agent down
+        # The type only, no traceback: its text and locals could quote the file's secrets.
+        log.error(
+            "config_reload_failed",
+            path=str(path),
+            error=type(exc).__name__,
+            hint="the previous configuration keeps running; check the file and send SIGHUP",
+        )
     # systemd waits for READY=1 after RELOADING=1, whether the new config was taken or not.
     notifier.ready(profiles_status(agent.sessions))
 

@@ -9,6 +9,7 @@ import difflib
 import ipaddress
 import os
 import re
+import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from .errors import ConfigError
-from .identity import IdentityFiles
+from .identity import IdentityFiles, read_regular_file
 from .rolesanywhere import SessionRequest, endpoint_for
 
 DEFAULT_PORT = 9912
@@ -27,19 +28,21 @@ SHORT_SESSION_SECONDS = 1200
 LOG_FORMATS = ("json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
-_PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_RA_ARN = r"^arn:aws[a-z-]*:rolesanywhere:([a-z0-9-]+):(\d{12}):%s/[A-Za-z0-9-]+$"
+# Each pattern validates a whole value: use fullmatch, as `$` also matches before a final
+# newline ("web\n" would pass).
+_PROFILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_RA_ARN = r"arn:aws[a-z-]*:rolesanywhere:([a-z0-9-]+):(\d{12}):%s/[A-Za-z0-9-]+"
 _ANCHOR_ARN = re.compile(_RA_ARN % "trust-anchor")
 _PROFILE_ARN = re.compile(_RA_ARN % "profile")
-_ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
+_ROLE_ARN = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}")
 # What each ARN looks like, for the error message when one does not match.
 _ARN_SHAPES = {
     _ANCHOR_ARN: "arn:aws:rolesanywhere:REGION:ACCOUNT:trust-anchor/ID",
     _PROFILE_ARN: "arn:aws:rolesanywhere:REGION:ACCOUNT:profile/ID",
     _ROLE_ARN: "arn:aws:iam::ACCOUNT:role/NAME",
 }
-_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d{1,2}$")
-_SESSION_NAME = re.compile(r"^[\w+=,.@-]{2,64}$")
+_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d{1,2}")
+_SESSION_NAME = re.compile(r"[\w+=,.@-]{2,64}")
 _ENV_VAR = re.compile(r"\$\{?([A-Z_][A-Z0-9_]*)\}?")
 
 
@@ -101,11 +104,14 @@ class AgentConfig:
 def load_config(path: Path, environ: Mapping[str, str] | None = None) -> AgentConfig:
     """Read and validate `path`; raise ConfigError with a one-line message on any problem."""
     try:
-        raw = path.read_bytes()
+        # A regular file of at most 1 MiB: a FIFO would hang the start (or a SIGHUP) forever.
+        raw = read_regular_file(path)
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config ({_reason(exc)})") from None
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
         raise ConfigError(f"{path}: file is UTF-16; re-save as UTF-8")
     try:
@@ -116,6 +122,12 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> AgentCo
         document = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({_yaml_reason(exc)})") from None
+    except ValueError as exc:
+        # PyYAML converts scalars with int() and datetime(): a 5,000-digit integer or a
+        # 2024-13-01 date fails there, outside its own error type.
+        raise ConfigError(f"{path}: not valid YAML ({_value_reason(exc)})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid YAML (nested too deeply)") from None
     return parse_config(document, path, os.environ if environ is None else environ)
 
 
@@ -136,6 +148,7 @@ def parse_config(document: Any, source: Path, environ: Mapping[str, str]) -> Age
         profiles[str(name)] = _profile(reader, str(name), doc, token_dir)
 
     _check_ports(reader, listen, profiles)
+    _check_token_files(reader, profiles)
     return AgentConfig(
         listen=listen,
         log=log,
@@ -154,7 +167,8 @@ def _listen(reader: _Reader, doc: Any) -> ListenConfig:
     if not allow_remote and not is_loopback(host):
         raise reader.error(
             "listen.host",
-            f"{host!r} is not a loopback address; use 127.0.0.1 or set listen.allow_remote: true",
+            f"{shown(host)} is not a loopback address; "
+            "use 127.0.0.1 or set listen.allow_remote: true",
         )
     names = reader.string_list(listen.get("allowed_hosts", []), "listen.allowed_hosts")
     return ListenConfig(host, port, tuple(n.lower() for n in names), allow_remote)
@@ -163,7 +177,10 @@ def _listen(reader: _Reader, doc: Any) -> ListenConfig:
 def _log(reader: _Reader, doc: Any) -> LogConfig:
     log = reader.mapping(doc, "log", {"format", "level"})
     fmt = reader.choice(log.get("format", "json"), "log.format", LOG_FORMATS)
-    level = reader.choice(str(log.get("level", "info")).lower(), "log.level", LOG_LEVELS)
+    level = log.get("level", "info")
+    # Only a string is lowered: str() of an aliased structure could be gigabytes long.
+    level = reader.choice(level.lower() if isinstance(level, str) else level, "log.level",
+                          LOG_LEVELS)
     return LogConfig(fmt, level)
 
 
@@ -189,8 +206,8 @@ _PROFILE_KEYS = {
 
 
 def _profile(reader: _Reader, name: str, doc: Any, token_dir: Path) -> ProfileConfig:
-    where = f"profiles.{name}"
-    if not _PROFILE_NAME.match(name):
+    where = f"profiles.{key_name(name)}"
+    if not _PROFILE_NAME.fullmatch(name):
         raise reader.error(
             where,
             "expected a name of 1-64 letters, digits, '.', '_' or '-' "
@@ -222,7 +239,8 @@ def _upstream(reader: _Reader, where: str, profile: Mapping[str, Any]) -> Upstre
         parts = urlsplit(proxy)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise reader.error(
-                f"{where}.proxy", f"expected a URL like http://proxy.example:3128, got {proxy!r}"
+                f"{where}.proxy",
+                f"expected a URL like http://proxy.example:3128, got {shown(proxy)}",
             )
     return UpstreamConfig(ca_bundle, insecure, proxy)
 
@@ -253,8 +271,8 @@ def _session(reader: _Reader, where: str, profile: Mapping[str, Any]) -> Session
     anchor = reader.arn(profile.get("trust_anchor_arn"), f"{where}.trust_anchor_arn", _ANCHOR_ARN)
     profile_arn = reader.arn(profile.get("profile_arn"), f"{where}.profile_arn", _PROFILE_ARN)
     role = reader.arn(profile.get("role_arn"), f"{where}.role_arn", _ROLE_ARN)
-    anchor_region = _ANCHOR_ARN.match(anchor).group(1)  # type: ignore[union-attr]
-    profile_region = _PROFILE_ARN.match(profile_arn).group(1)  # type: ignore[union-attr]
+    anchor_region = _ANCHOR_ARN.fullmatch(anchor).group(1)  # type: ignore[union-attr]
+    profile_region = _PROFILE_ARN.fullmatch(profile_arn).group(1)  # type: ignore[union-attr]
     if profile_region != anchor_region:
         raise reader.error(
             f"{where}.profile_arn",
@@ -276,7 +294,7 @@ def _session(reader: _Reader, where: str, profile: Mapping[str, Any]) -> Session
     session_name = profile.get("role_session_name")
     if session_name is not None:
         session_name = reader.string(session_name, f"{where}.role_session_name")
-        if not _SESSION_NAME.match(session_name):
+        if not _SESSION_NAME.fullmatch(session_name):
             raise reader.error(
                 f"{where}.role_session_name", "2-64 characters of letters, digits and +=,.@_-"
             )
@@ -290,8 +308,8 @@ def _region(reader: _Reader, where: str, value: Any, anchor_region: str) -> tupl
     text = reader.string(value, f"{where}.region")
     fips = text.startswith("fips-") or text.endswith("-fips")
     clean = text.removeprefix("fips-").removesuffix("-fips")
-    if not _REGION.match(clean):
-        raise reader.error(f"{where}.region", f"{text!r} is not a region name like eu-west-1")
+    if not _REGION.fullmatch(clean):
+        raise reader.error(f"{where}.region", f"{shown(text)} is not a region name like eu-west-1")
     if clean != anchor_region:
         raise reader.error(
             f"{where}.region",
@@ -312,7 +330,7 @@ def _endpoint(reader: _Reader, where: str, value: Any) -> str | None:
     except ValueError:
         usable = False
     if not usable:
-        raise reader.error(f"{where}.endpoint", f"expected an https:// URL, got {text!r}")
+        raise reader.error(f"{where}.endpoint", f"expected an https:// URL, got {shown(text)}")
     if parts.scheme == "http" and not is_loopback(parts.hostname):
         raise reader.error(f"{where}.endpoint", "plain http is only allowed to a loopback host")
     return text.rstrip("/")
@@ -328,7 +346,7 @@ def _token_file(reader: _Reader, where: str, doc: Any, default: Path) -> TokenFi
     mode = _MODES.get(raw_mode) if type(raw_mode) in (str, int) else None
     if mode is None:
         raise reader.error(
-            f"{key}.mode", f"expected \"0600\" or \"0640\" (in quotes), got {token['mode']!r}"
+            f"{key}.mode", f"expected \"0600\" or \"0640\" (in quotes), got {shown(token['mode'])}"
         )
     group = token.get("group")
     if group is not None:
@@ -355,6 +373,38 @@ def _check_ports(
         if owner and profile.imds.port != 0:
             raise reader.error(key, f"port {profile.imds.port} is already used by {owner}")
         taken[profile.imds.port] = key
+
+
+def _check_token_files(reader: _Reader, profiles: Mapping[str, ProfileConfig]) -> None:
+    # A token file shared by two profiles would make one token unlock both.
+    owners: dict[str, str] = {}
+    for profile in profiles.values():
+        path = os.path.normpath(profile.token_file.path)
+        other = owners.setdefault(path, profile.name)
+        if other != profile.name:
+            raise reader.error(
+                f"profiles.{profile.name}.token_file",
+                f"{path} is also the token file of profiles.{other}; "
+                "give each profile its own token_file",
+            )
+
+
+# Values quoted in messages are bounded: a YAML alias bomb expands to gigabytes when printed
+# whole, and a one-line message must stay one short line.
+_REPR = reprlib.Repr()
+_REPR.maxlevel = 2
+_REPR.maxstring, _REPR.maxlong, _REPR.maxother = 200, 40, 60
+_REPR.maxdict = _REPR.maxlist = _REPR.maxtuple = _REPR.maxset = 4
+
+
+def shown(value: Any) -> str:
+    """`value` as quoted in an error message: repr() with bounded length and depth."""
+    return _REPR.repr(value)
+
+
+def key_name(name: str) -> str:
+    """A key as written in a key path; quoted when it is long or holds control characters."""
+    return name if name.isprintable() and len(name) <= 100 else shown(name)
 
 
 def is_loopback(host: str) -> bool:
@@ -400,7 +450,7 @@ class _Reader:
                 close = difflib.get_close_matches(unknown[0], allowed, n=1)
                 hint = f" (did you mean {close[0]}?)" if close else ""
                 raise self.error(
-                    f"{prefix}{unknown[0]}",
+                    f"{prefix}{key_name(unknown[0])}",
                     f"unknown key{hint}; expected one of {', '.join(sorted(allowed))}",
                 )
         return value
@@ -417,25 +467,25 @@ class _Reader:
 
     def integer(self, value: Any, key: str, low: int, high: int) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise self.error(key, f"expected an integer from {low} to {high}, got {value!r}")
+            raise self.error(key, f"expected an integer from {low} to {high}, got {shown(value)}")
         return value
 
     def boolean(self, value: Any, key: str) -> bool:
         if not isinstance(value, bool):
-            raise self.error(key, f"expected true or false, got {value!r}")
+            raise self.error(key, f"expected true or false, got {shown(value)}")
         return value
 
     def choice(self, value: Any, key: str, options: tuple[str, ...]) -> str:
         if value not in options:
-            raise self.error(key, f"expected one of {', '.join(options)}, got {value!r}")
+            raise self.error(key, f"expected one of {', '.join(options)}, got {shown(value)}")
         return value
 
     def arn(self, value: Any, key: str, pattern: re.Pattern[str]) -> str:
         if value is None:
             raise self.error(key, f"required: {_ARN_SHAPES[pattern]}")
         text = self.string(value, key)
-        if not pattern.match(text):
-            raise self.error(key, f"expected {_ARN_SHAPES[pattern]}, got {text!r}")
+        if not pattern.fullmatch(text):
+            raise self.error(key, f"expected {_ARN_SHAPES[pattern]}, got {shown(text)}")
         return text
 
     def path(self, value: Any, key: str) -> Path | None:
@@ -451,7 +501,7 @@ class _Reader:
         try:
             path = Path(expanded).expanduser()
         except RuntimeError:
-            raise self.error(key, f"cannot expand {text!r}: no such user") from None
+            raise self.error(key, f"cannot expand {shown(text)}: no such user") from None
         return path if path.is_absolute() else (self.source.parent / path).resolve()
 
 
@@ -465,6 +515,12 @@ def _kind(value: Any) -> str:
 
 def _reason(exc: Exception) -> str:
     return getattr(exc, "strerror", None) or str(exc).splitlines()[0]
+
+
+def _value_reason(exc: ValueError) -> str:
+    if "digits" in str(exc):
+        return "an integer with thousands of digits; quote it if it is text"
+    return f"a value cannot be converted: {shown(_reason(exc))}"
 
 
 def _yaml_reason(exc: yaml.YAMLError) -> str:

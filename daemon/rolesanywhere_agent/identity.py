@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
+import os
 import re
+import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -27,6 +30,9 @@ RSA_ALGORITHM = "AWS4-X509-RSA-SHA256"
 ECDSA_ALGORITHM = "AWS4-X509-ECDSA-SHA256"
 SUPPORTED_CURVES = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}
 MIN_RSA_BITS = 2048
+# Certificates, keys and passphrases are a few KiB; a bigger file is the wrong one (a log, a
+# disk image, /dev/zero) and reading it whole would only exhaust memory.
+MAX_FILE_BYTES = 1 << 20
 
 _PEM_BLOCK = re.compile(
     rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n(.*?)-----END \1-----", re.DOTALL
@@ -125,8 +131,13 @@ def load_identity(
         leaf, *extra = load_certificates(cert_path)
         key = load_private_key(key_path, passphrase)
 
+    for cert in [leaf, *extra]:
+        check_parses(cert, cert_path)
     if files.intermediates is not None:
-        extra.extend(load_certificates(files.intermediates))
+        chain_certs = load_certificates(files.intermediates)
+        for cert in chain_certs:
+            check_parses(cert, files.intermediates)
+        extra.extend(chain_certs)
 
     check_key_type(key, key_path)
     check_pair(key, leaf, key_path, cert_path)
@@ -151,7 +162,7 @@ def read_passphrase(path: Path | None) -> bytes | None:
 
 def read_file(path: Path) -> bytes:
     try:
-        data = path.read_bytes()
+        data = read_regular_file(path)
     except FileNotFoundError:
         raise IdentityError(f"{path}: file not found") from None
     except PermissionError:
@@ -160,9 +171,46 @@ def read_file(path: Path) -> bytes:
         raise IdentityError(f"{path}: is a directory, expected a file") from None
     except OSError as exc:
         raise IdentityError(f"{path}: cannot read ({exc.strerror})") from None
+    except ValueError as exc:
+        raise IdentityError(f"{path}: {exc}") from None
     if _looks_utf16(data):
         raise IdentityError(f"{path}: file is UTF-16; re-save as UTF-8/ASCII")
     return data.removeprefix(b"\xef\xbb\xbf")
+
+
+def read_regular_file(path: Path, limit: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes.
+
+    Raises OSError when it cannot be opened or read, ValueError (with a message for the
+    operator) when it is not a regular file or is too big.
+    """
+    # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer, forever,
+    # with the event loop stuck in the call.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError("not a regular file")
+        chunks = []
+        size = 0
+        # Read one byte past the limit: the file may have grown since fstat.
+        while size <= limit:
+            chunk = os.read(fd, limit + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    finally:
+        os.close(fd)
+    if size > limit:
+        raise ValueError(f"larger than {_size_text(limit)}; is this the right file?")
+    return b"".join(chunks)
+
+
+def _size_text(size: int) -> str:
+    return f"{size >> 20} MiB" if size % (1 << 20) == 0 else f"{size} bytes"
 
 
 def read_nonempty(path: Path) -> bytes:
@@ -236,6 +284,22 @@ def load_pkcs12(
         raise IdentityError(f"{path}: PKCS#12 bundle must hold both a key and its certificate")
     extra = [item.certificate for item in bundle.additional_certs]
     return bundle.key, bundle.cert.certificate, extra  # type: ignore[return-value]
+
+
+def check_parses(cert: x509.Certificate, path: Path) -> None:
+    """Parse now what cryptography parses lazily, so a malformed field fails here, naming
+    the file, rather than as a ValueError wherever the certificate is next looked at."""
+    try:
+        cert.extensions  # noqa: B018
+        cert.subject.rfc4514_string()
+        cert.issuer.rfc4514_string()
+        cert.public_key()
+    except ValueError as exc:
+        raise IdentityError(
+            f"{path}: a certificate is malformed ({_reason(exc)}); reissue it"
+        ) from None
+    except UnsupportedAlgorithm:
+        raise IdentityError(f"{path}: a certificate has an unsupported key; {_USE}") from None
 
 
 def check_key_type(key: object, path: Path) -> None:
@@ -450,6 +514,13 @@ class IdentitySource:
             if self.loaded is None:
                 raise
             self.problem = str(exc)
+        except Exception as exc:  # noqa: BLE001 - a bad file must never cost the last good one
+            # Only the type: the text of an unexpected error could quote key material.
+            where = self._files.certificate or self._files.pkcs12
+            problem = f"{where}: cannot load the identity ({type(exc).__name__})"
+            if self.loaded is None:
+                raise IdentityError(problem) from None
+            self.problem = problem
         self._stamp = stamp
 
     def _stamp_of(self) -> tuple[tuple[int, int, int], ...]:
