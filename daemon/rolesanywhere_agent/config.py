@@ -20,7 +20,7 @@ import yaml
 
 from .errors import ConfigError
 from .identity import IdentityFiles, read_regular_file
-from .rolesanywhere import SessionRequest, endpoint_for
+from .rolesanywhere import SessionRequest, endpoint_for, redact
 
 DEFAULT_PORT = 9912
 MIN_DURATION, MAX_DURATION = 900, 43200
@@ -240,7 +240,7 @@ def _upstream(reader: _Reader, where: str, profile: Mapping[str, Any]) -> Upstre
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise reader.error(
                 f"{where}.proxy",
-                f"expected a URL like http://proxy.example:3128, got {shown(proxy)}",
+                f"expected a URL like http://proxy.example:3128, got {shown(redact(proxy))}",
             )
     return UpstreamConfig(ca_bundle, insecure, proxy)
 
