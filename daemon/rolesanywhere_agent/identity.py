@@ -324,7 +324,7 @@ def check_pair(key: PrivateKey, cert: x509.Certificate, key_path: Path, cert_pat
 
 
 def check_leaf(cert: x509.Certificate, path: Path, now: datetime) -> None:
-    if _is_ca(cert):
+    if is_ca(cert):
         raise IdentityError(f"{path}: this is a CA certificate; configure the end-entity one")
     if now < cert.not_valid_before_utc:
         start = cert.not_valid_before_utc.strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -425,27 +425,27 @@ def _find_issuer(
     for candidate in candidates:
         if candidate.fingerprint(hashes.SHA256()) in seen:
             continue
-        if candidate.subject != cert.issuer:
-            continue
-        try:
-            cert.verify_directly_issued_by(candidate)
-        except (ValueError, TypeError, InvalidSignature):
-            continue
-        return candidate
+        if issued_by(cert, candidate):
+            return candidate
     return None
 
 
 def _is_self_signed(cert: x509.Certificate) -> bool:
-    if cert.subject != cert.issuer:
+    return issued_by(cert, cert)
+
+
+def issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    """Whether `issuer`'s name and key signed `cert` (the emulator's path check uses it too)."""
+    if cert.issuer != issuer.subject:
         return False
     try:
-        cert.verify_directly_issued_by(cert)
+        cert.verify_directly_issued_by(issuer)
     except (ValueError, TypeError, InvalidSignature):
         return False
     return True
 
 
-def _is_ca(cert: x509.Certificate) -> bool:
+def is_ca(cert: x509.Certificate) -> bool:
     try:
         constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
     except x509.ExtensionNotFound:

@@ -12,7 +12,7 @@ import yaml
 from cryptography import x509
 
 from ..errors import ConfigError, IdentityError
-from ..identity import load_certificates, pem_blocks, read_file
+from ..identity import is_ca, load_certificates, pem_blocks, read_file
 
 DEFAULT_ACCOUNT = "111122223333"
 MIN_DURATION = 900
@@ -259,7 +259,7 @@ class _Reader:
         except IdentityError as exc:
             raise ConfigError(f"{self.path}: {key}: {exc}") from None
         for cert in certificates:
-            if not _is_ca(cert):
+            if not is_ca(cert):
                 self.fail(key, f"{path} holds a certificate that is not a CA")
         return certificates
 
@@ -276,13 +276,6 @@ class _Reader:
         except ValueError:
             problem = f"{path} is not a PEM or DER certificate revocation list"
         raise ConfigError(f"{self.path}: {key}: {problem}")
-
-
-def _is_ca(cert: x509.Certificate) -> bool:
-    try:
-        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-    except x509.ExtensionNotFound:
-        return False
 
 
 def _names(allowed: set[str]) -> str:

@@ -10,9 +10,9 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 
+from ..identity import is_ca, issued_by
 from .model import TrustAnchor
 
 UNTRUSTED = "Untrusted signing certificate"
@@ -31,7 +31,7 @@ def path_problem(
     now: datetime,
 ) -> str | None:
     """None when `leaf` chains to one of the anchor's certificates, else the refusal message."""
-    if _is_ca(leaf) or not _signs_digitally(leaf):
+    if is_ca(leaf) or not _signs_digitally(leaf):
         return UNTRUSTED
 
     path = _build(leaf, list(intermediates), anchor.certificates, now, depth=0)
@@ -55,13 +55,13 @@ def _build(
         return None
 
     for anchor_cert in anchors:
-        if _issued_by(cert, anchor_cert) and _may_issue(anchor_cert, depth, now):
+        if issued_by(cert, anchor_cert) and _may_issue(anchor_cert, depth, now):
             return [cert, anchor_cert]
 
     if depth >= MAX_INTERMEDIATES:
         return None
     for index, candidate in enumerate(pool):
-        if not (_issued_by(cert, candidate) and _may_issue(candidate, depth, now)):
+        if not (issued_by(cert, candidate) and _may_issue(candidate, depth, now)):
             continue
         # Each sent certificate is used at most once, which also stops loops.
         rest = _build(candidate, pool[:index] + pool[index + 1 :], anchors, now, depth + 1)
@@ -85,14 +85,6 @@ def _may_issue(issuer: x509.Certificate, below: int, now: datetime) -> bool:
     return issuer.not_valid_before_utc <= now <= issuer.not_valid_after_utc
 
 
-def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
-    try:
-        cert.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
-
-
 def _any_revoked(
     path: list[x509.Certificate], crls: Sequence[x509.CertificateRevocationList]
 ) -> bool:
@@ -114,11 +106,6 @@ def _revokes(
     except (TypeError, ValueError):
         return False
     return trusted and crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None
-
-
-def _is_ca(cert: x509.Certificate) -> bool:
-    constraints = _basic_constraints(cert)
-    return constraints is not None and constraints.ca
 
 
 def _signs_digitally(leaf: x509.Certificate) -> bool:
