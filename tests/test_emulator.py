@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from iam_rolesanywhere_session import IAMRolesAnywhereSigner
 
-from rolesanywhere_agent import pki
+from rolesanywhere_agent import cli, pki
 from rolesanywhere_agent.clock import FakeClock
 from rolesanywhere_agent.credentials import format_expiration
 from rolesanywhere_agent.emulator import (
@@ -41,7 +41,6 @@ from rolesanywhere_agent.emulator import (
     load_config,
     serve,
 )
-from rolesanywhere_agent.emulator.__main__ import main as emulator_main
 from rolesanywhere_agent.errors import ConfigError
 from rolesanywhere_agent.identity import (
     ECDSA_ALGORITHM,
@@ -1665,10 +1664,11 @@ async def test_serve_listens_until_cancelled(
     assert listening["controls"] is True
 
 
-def test_module_entry_point_reports_a_config_error(
+def test_cli_command_reports_a_config_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = emulator_main(["--config", str(tmp_path / "absent.yaml")])
+    code = cli.main(["emulator", "--config", str(tmp_path / "absent.yaml")])
 
-    assert code == 3
-    assert f"error: {tmp_path / 'absent.yaml'}: file not found\n" == capsys.readouterr().err
+    assert code == 2
+    expected = f"rolesanywhere-agent: {tmp_path / 'absent.yaml'}: file not found\n"
+    assert expected == capsys.readouterr().err
