@@ -29,6 +29,7 @@ from .notify import Notifier, ServiceReporter, profiles_status
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 DEFAULT_CONFIG = Path("/etc/rolesanywhere-agent/agent.yaml")
+CONFIG_HELP = "agent YAML (default: %(default)s)"
 
 log = structlog.get_logger("rolesanywhere_agent.cli")
 
@@ -57,11 +58,11 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the agent")
-    serve.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    serve.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help=CONFIG_HELP)
     serve.set_defaults(command=cmd_serve)
 
     env = commands.add_parser("env", help="print the exports an application needs")
-    env.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    env.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help=CONFIG_HELP)
     env.add_argument("--profile", required=True)
     env.add_argument("--format", choices=("sh", "fish", "json", "systemd"), default="sh")
     env.set_defaults(command=cmd_env)
@@ -70,7 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     check.register(commands, DEFAULT_CONFIG)
 
     emulator = commands.add_parser("emulator", help="run the local Roles Anywhere + STS emulator")
-    emulator.add_argument("--config", type=Path, required=True)
+    emulator.add_argument(
+        "--config", type=Path, required=True, help="emulator YAML (README: The emulator)"
+    )
     emulator.add_argument("--host", default="127.0.0.1")
     emulator.add_argument("--port", type=int, default=9443)
     emulator.add_argument(
