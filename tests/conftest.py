@@ -6,7 +6,7 @@ import os
 import random
 import sys
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,6 +14,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import structlog
 import yaml
 
 from rolesanywhere_agent import pki
@@ -114,6 +115,13 @@ def make_world(folder: Path, not_before: datetime = CERTS_FROM) -> World:
         profile_arn=f"{prefix}:profile/{uuid.uuid4()}",
         not_before=not_before,
     )
+
+
+@pytest.fixture(autouse=True)
+def _fresh_logging() -> Iterator[None]:
+    """Undo what an in-process `cli.main` configured: its stream is closed after the test."""
+    yield
+    structlog.reset_defaults()
 
 
 @pytest.fixture

@@ -188,8 +188,8 @@ def cmd_emulator(args: argparse.Namespace) -> int:
     from .emulator import load_config as load_emulator_config
     from .emulator import serve
 
-    logs.configure("console" if sys.stderr.isatty() else "json")
     load_emulator_config(args.config)  # a bad file fails here, with exit code 2
+    logs.configure("console" if sys.stderr.isatty() else "json")
 
     async def body(stop: asyncio.Event) -> int:
         server = asyncio.create_task(serve(args.config, args.host, args.port, args.controls))
