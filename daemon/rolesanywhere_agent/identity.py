@@ -384,7 +384,12 @@ def _load_der_key(path: Path, data: bytes, passphrase: bytes | None) -> PrivateK
     return _load_key(path, data, passphrase, serialization.load_der_private_key)
 
 
-def _load_key(path: Path, data: bytes, passphrase: bytes | None, loader) -> PrivateKey:  # noqa: ANN001
+KeyLoader = Callable[..., object]
+
+
+def _load_key(
+    path: Path, data: bytes, passphrase: bytes | None, loader: KeyLoader
+) -> PrivateKey:
     encrypted = b"ENCRYPTED" in data[:200] or _is_encrypted_der(data)
     if encrypted and passphrase is None:
         raise IdentityError(f"{path.name} is encrypted; set `passphrase_file` ({path})")
