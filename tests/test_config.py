@@ -739,3 +739,13 @@ def test_any_file_text_gives_a_config_or_a_config_error(tmp_path_factory, text):
         load_config(path, ENVIRON)
     except ConfigError as exc:
         assert str(exc).startswith(f"{path}")
+
+
+def test_a_key_given_twice_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "agent.yaml"
+    path.write_text("listen: {port: 1}\nlisten: {port: 2}\nprofiles: {}\n")
+
+    with pytest.raises(ConfigError) as refused:
+        load_config(path, {})
+
+    assert str(refused.value) == f"{path}: not valid YAML (key 'listen' is given twice at line 2)"

@@ -288,14 +288,20 @@ def test_env_without_imds_prints_no_imds_lines(world, capsys) -> None:
     ]
 
 
-async def test_a_taken_imds_port_stops_the_start(stack_factory) -> None:
+async def test_a_taken_imds_port_stops_the_start(stack_factory, world) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
 
-        with pytest.raises(ConfigError, match=rf"cannot listen on 127.0.0.1:{port}"):
+        with pytest.raises(ConfigError) as refused:
             await stack_factory(agent_extra={"imds": {"port": port}})
+
+    source = world.folder / "agent.yaml"
+    assert str(refused.value) == (
+        f"{source}: profiles.web.imds.port: cannot listen on 127.0.0.1:{port} "
+        "(Address already in use)"
+    )
 
 
 async def test_case_c27_botocore_through_a_proxy_gets_no_credentials(stack_factory) -> None:

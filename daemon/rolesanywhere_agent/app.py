@@ -164,7 +164,7 @@ class Agent:
                 for profile in profiles:
                     self.tokens[profile.name] = self._token(profile)
                     ssl_setting(profile.upstream)  # an unreadable ca_bundle stops the start
-                imds_socks = bind_imds(profiles)
+                imds_socks = bind_imds(profiles, self.config.source or "configuration")
             except ConfigError:
                 if sock is not self._sock:
                     sock.close()
@@ -481,15 +481,16 @@ def _imds_ports(config: AgentConfig) -> dict[str, int]:
     return {name: p.imds.port for name, p in config.profiles.items() if p.imds is not None}
 
 
-def bind_imds(profiles: list[ProfileConfig]) -> dict[str, socket.socket]:
+def bind_imds(profiles: list[ProfileConfig], source: object) -> dict[str, socket.socket]:
     """One loopback socket per profile that has `imds`; all or none (ConfigError)."""
     socks: dict[str, socket.socket] = {}
-    try:
-        for profile in profiles:
-            if profile.imds is not None:
-                socks[profile.name] = bind(IMDS_HOST, profile.imds.port)
-    except ConfigError:
-        for sock in socks.values():
-            sock.close()
-        raise
+    for profile in profiles:
+        if profile.imds is None:
+            continue
+        try:
+            socks[profile.name] = bind(IMDS_HOST, profile.imds.port)
+        except ConfigError as exc:
+            for sock in socks.values():
+                sock.close()
+            raise ConfigError(f"{source}: profiles.{profile.name}.imds.port: {exc}") from None
     return socks

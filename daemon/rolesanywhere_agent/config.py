@@ -119,7 +119,7 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> AgentCo
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read config ({_reason(exc)})") from None
     try:
-        document = yaml.safe_load(text)
+        document = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({_yaml_reason(exc)})") from None
     except ValueError as exc:
@@ -359,6 +359,23 @@ _MODES: dict[Any, int] = {
     "0600": 0o600, "600": 0o600, 0o600: 0o600, 600: 0o600,
     "0640": 0o640, "640": 0o640, 0o640: 0o640, 640: 0o640,
 }
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping, where YAML keeps the last."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, str):
+                continue  # other keys are refused later, with the key path
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {shown(key)} is given twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def _check_ports(
