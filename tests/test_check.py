@@ -137,3 +137,34 @@ async def test_config_error_exits_2_without_a_report(tmp_path: Path) -> None:
         f"rolesanywhere-agent: {config}: profiles: expected at least one profile\n"
     )
 
+
+
+async def test_live_refuses_a_grant_the_agent_would_not_serve(stack_factory) -> None:
+    stack = await stack_factory(real_time=True)
+    config = write_config(stack.world, stack.endpoint)
+    stack.emulator.inject(Fault(grant_seconds=30, times=1))
+
+    outcome = await check(config, "--live")
+
+    assert outcome.code == 1
+    assert re.fullmatch(
+        r"  createsession refused: granted only (29|30) s, until \S+Z; the agent stops "
+        r"serving 60 s before expiry",
+        section(outcome, "web")[-1],
+    )
+
+
+async def test_a_token_group_that_does_not_exist_is_not_usable(world: World) -> None:
+    world.add_leaf("web", "p256")
+    document = world.agent_document("http://127.0.0.1:1")
+    document["profiles"]["web"]["token_file"] = {"mode": "0640", "group": "no-such-group-x"}
+    config = world.folder / "agent.yaml"
+    config.write_text(yaml.safe_dump(document))
+
+    outcome = await check(config)
+
+    assert outcome.code == 2
+    assert section(outcome, "web")[-1] == (
+        f"  NOT USABLE: {world.folder}/run/web.token: token_file.group 'no-such-group-x' "
+        "does not exist"
+    )

@@ -22,6 +22,8 @@ from .credentials import format_expiration
 from .errors import AgentError
 from .identity import Identity, load_identity
 from .rolesanywhere import RolesAnywhereClient, redact
+from .sessions import RefreshPolicy
+from .tokens import group_id
 from .upstream import client_session, ssl_setting
 
 EXPIRY_WARNING_DAYS = 14
@@ -82,6 +84,8 @@ def inspect(profile: ProfileConfig, now: datetime) -> ProfileReport:
     report = ProfileReport(profile)
     try:
         ssl_setting(profile.upstream)
+        if profile.token_file.group:
+            group_id(profile.token_file.group, profile.token_file.path)  # as `serve` does
         identity = load_identity(profile.identity, now)
     except AgentError as exc:
         report.problem = str(exc)
@@ -130,6 +134,15 @@ async def live(report: ProfileReport, now: datetime) -> None:
             return
     seconds = int((grant.credentials.expiration - now).total_seconds())
     expiration = format_expiration(grant.credentials.expiration)
+    if seconds <= RefreshPolicy.serve_margin:
+        # The agent would refuse this grant (sessions.py): say so rather than "ok".
+        margin = int(RefreshPolicy.serve_margin)
+        report.live = (
+            f"refused: granted only {seconds} s, until {expiration}; the agent stops "
+            f"serving {margin} s before expiry"
+        )
+        report.live_failed = True
+        return
     report.live = f"ok: {grant.credentials.access_key_id} until {expiration} ({seconds} s)"
 
 

@@ -98,7 +98,7 @@ class TokenFile:
         try:
             info = self.path.stat()
             if self._config.group:
-                gid = _group_id(self._config.group, self.path)
+                gid = group_id(self._config.group, self.path)
                 if info.st_gid != gid:
                     os.chown(self.path, -1, gid)
             if stat.S_IMODE(info.st_mode) != self._config.mode:
@@ -140,7 +140,7 @@ class TokenFile:
             with os.fdopen(fd, "w", encoding="ascii") as handle:
                 handle.write(token)  # no newline: SDKs reject CR/LF in a header (case C17)
             if self._config.group:
-                os.chown(temporary, -1, _group_id(self._config.group, self.path))
+                os.chown(temporary, -1, group_id(self._config.group, self.path))
             os.chmod(temporary, mode)
             os.replace(temporary, self.path)
         except OSError as exc:
@@ -168,7 +168,7 @@ class TokenFile:
         return info.st_mtime_ns, info.st_size, info.st_ino
 
 
-def _group_id(name: str, path: Path) -> int:
+def group_id(name: str, path: Path) -> int:
     try:
         return grp.getgrnam(name).gr_gid
     except KeyError:
