@@ -228,3 +228,11 @@ AWS_CLI = str(Path(sys.executable).parent / "aws")
 BOTO3_CALLER = (
     "import boto3; print(boto3.client('sts').get_caller_identity()['Arn'])"
 )
+
+
+@pytest.fixture(scope="session")
+def go_caller(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tests/go/caller built once per run against Debian's Go SDK (skips when absent)."""
+    from .sdk_clients import build_go_caller  # sdk_clients imports this module
+
+    return build_go_caller(tmp_path_factory.mktemp("go"))

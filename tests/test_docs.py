@@ -11,6 +11,8 @@ import pytest
 
 from rolesanywhere_agent import config
 
+from .compat import render as render_matrix
+
 ROOT = Path(__file__).parent.parent
 README = (ROOT / "README.md").read_text()
 EXAMPLE = ROOT / "config" / "agent.example.yaml"
@@ -66,3 +68,8 @@ def test_readme_names_every_unit_and_bench_script() -> None:
         assert path.name in README, path.name
     for letter in "abcde":
         assert f"| ({letter}) " in section("Performance")
+
+
+def test_readme_sdk_table_is_the_tested_matrix() -> None:
+    """tests/test_compat_matrix.py runs every cell of this table with the real client."""
+    assert render_matrix() in README

@@ -7,47 +7,21 @@ with the reason when Go or the package is missing (.ci/run installs both).
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import pytest
 from aiohttp import web
 
 from rolesanywhere_agent.endpoints.imds import TTL_HEADER, ImdsEndpoint
 
-from .sdk_clients import build_go_caller, container_env, imds_env, run
+from .sdk_clients import container_env, imds_env, run
 
-ROLE_ARN_PREFIX = "arn:aws:sts::111122223333:assumed-role/web/"
 # Where a failure is expected, one attempt: the SDK's backoff would only add seconds.
 ONE_ATTEMPT = {"AWS_MAX_ATTEMPTS": "1"}
-
-
-@pytest.fixture(scope="session")
-def go_caller(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_go_caller(tmp_path_factory.mktemp("go"))
 
 
 @pytest.fixture
 async def stack(stack_factory):
     return await stack_factory(agent_extra={"imds": {"port": 0}}, real_time=True)
-
-
-@pytest.mark.parametrize("source", ["imds", "container, token in env"])
-async def test_go_calls_sts_with_the_agents_credentials(stack, go_caller, source) -> None:
-    env = imds_env(stack) if source == "imds" else container_env(stack, token="env")
-
-    outcome = await run([str(go_caller)], env)
-
-    assert outcome.ok, outcome.stderr
-    assert outcome.arn.startswith(ROLE_ARN_PREFIX)
-
-
-async def test_packaged_go_sdk_does_not_read_the_token_file(stack, go_caller) -> None:
-    """Debian's SDK (1.17) predates AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE: it sends no token
-    and gets our 401. Give it AWS_CONTAINER_AUTHORIZATION_TOKEN (or use IMDS)."""
-    outcome = await run([str(go_caller)], container_env(stack, token="file"))
-
-    assert not outcome.ok
-    assert outcome.why().endswith("Unauthorized: missing or wrong authorization token")
 
 
 async def test_case_c20_full_uri_hosts(stack, go_caller) -> None:

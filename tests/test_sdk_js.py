@@ -14,11 +14,10 @@ import pytest
 from aiohttp import web
 
 from .conftest import sdk_env
-from .sdk_clients import container_env, imds_env, js, requires_js, run
+from .sdk_clients import container_env, js, requires_js, run
 
 pytestmark = requires_js
 
-ROLE_ARN_PREFIX = "arn:aws:sts::111122223333:assumed-role/web/"
 
 
 @pytest.fixture
@@ -39,28 +38,6 @@ async def stub(routes: list[web.RouteDef]) -> AsyncIterator[str]:
         yield f"http://127.0.0.1:{runner.addresses[0][1]}"
     finally:
         await runner.cleanup()
-
-
-@pytest.mark.parametrize(
-    ("provider", "source"),
-    [
-        ("http", "container, token file"),
-        ("http", "container, token in env"),
-        ("container", "container, token in env"),
-        ("chain", "container, token file"),
-        ("imds", "imds"),
-    ],
-)
-async def test_provider_calls_sts_with_the_agents_credentials(stack, provider, source) -> None:
-    if source == "imds":
-        env = imds_env(stack)
-    else:
-        env = container_env(stack, token="env" if "env" in source else "file")
-
-    outcome = await run(js(provider), env)
-
-    assert outcome.ok, outcome.stderr
-    assert outcome.arn.startswith(ROLE_ARN_PREFIX)
 
 
 async def test_case_c20_full_uri_hosts(stack) -> None:

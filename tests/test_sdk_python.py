@@ -13,7 +13,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from .conftest import PYTHON
-from .sdk_clients import AWS_CLI_CALL, BOTOCORE, container_env, imds_env, run
+from .sdk_clients import AWS_CLI_CALL, BOTOCORE, container_env, run
 
 ROLE_ARN_PREFIX = "arn:aws:sts::111122223333:assumed-role/web/"
 
@@ -36,31 +36,6 @@ print(fetches, len(arns))
 @pytest.fixture
 async def stack(stack_factory):
     return await stack_factory(agent_extra={"imds": {"port": 0}}, real_time=True)
-
-
-@pytest.mark.parametrize(
-    ("client", "source"),
-    [
-        ("botocore", "container, token file"),
-        ("botocore", "container, token in env"),
-        ("botocore", "imds"),
-        ("aws cli", "container, token file"),
-        ("aws cli", "container, token in env"),
-        ("aws cli", "imds"),
-    ],
-)
-async def test_client_calls_sts_with_the_agents_credentials(stack, client, source) -> None:
-    argv = BOTOCORE if client == "botocore" else AWS_CLI_CALL
-    if source == "imds":
-        env = imds_env(stack)
-    else:
-        env = container_env(stack, token="env" if "env" in source else "file")
-
-    outcome = await run(argv, env)
-
-    assert outcome.ok, outcome.stderr
-    assert outcome.arn.startswith(ROLE_ARN_PREFIX)
-    assert stack.calls() == 1
 
 
 async def test_case_c20_aws_cli_full_uri_hosts(stack) -> None:
