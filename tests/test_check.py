@@ -148,7 +148,7 @@ async def test_live_refuses_a_grant_the_agent_would_not_serve(stack_factory) -> 
 
     assert outcome.code == 1
     assert re.fullmatch(
-        r"  createsession refused: granted only (29|30) s, until \S+Z; the agent stops "
+        r"  createsession refused: granted only [1-3][0-9] s, until \S+Z; the agent stops "
         r"serving 60 s before expiry",
         section(outcome, "web")[-1],
     )

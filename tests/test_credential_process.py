@@ -239,3 +239,18 @@ async def test_sdk_reads_credential_process_from_its_config_file(
     assert outcome.ok, outcome.stderr
     assert outcome.arn.startswith("arn:aws:sts::111122223333:assumed-role/web/")
     assert stack.calls() == (2 if mode == "flags" else 1)
+
+
+async def test_a_session_about_to_expire_is_not_printed(stack_factory) -> None:
+    stack = await stack_factory(real_time=True)
+    stack.emulator.inject(Fault(grant_seconds=30, times=1))
+
+    outcome = await credential_process(*flags(stack))
+
+    assert outcome.code == 1
+    assert outcome.stdout == ""
+    assert re.fullmatch(
+        r"rolesanywhere-agent: the session expires in [1-3][0-9] s, within the 60 s the agent "
+        r"keeps as a margin; not printed\n",
+        outcome.stderr,
+    )

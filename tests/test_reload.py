@@ -4,6 +4,7 @@ the configuration reloaded (in-process and by SIGHUP), and stopping on signals."
 from __future__ import annotations
 
 import asyncio
+import grp
 import json
 import os
 import signal
@@ -24,10 +25,11 @@ from rolesanywhere_agent.app import Reload
 from rolesanywhere_agent.cli import EXIT_FAILURE, run_until_signalled
 from rolesanywhere_agent.config import parse_config
 from rolesanywhere_agent.credentials import format_expiration
+from rolesanywhere_agent.emulator import Fault
 from rolesanywhere_agent.sessions import State
 
 from .conftest import START, Stack, World, role_arn
-from .polling import attempt_at, until_sync
+from .polling import attempt_at, until, until_sync
 from .processes import AGENT, free_port, log_events, running
 
 # --- identity rotation ---------------------------------------------------------------------
@@ -263,6 +265,56 @@ async def test_reload_of_a_token_file_setting_keeps_the_session(stack_factory) -
     status, _, after = await stack.get("web", Authorization=new_path.read_text())
     assert (status, after) == (200, before)
     assert stack.calls() == 1
+
+
+async def test_reload_during_an_outage_keeps_serving_the_same_roles_session(
+    stack_factory,
+) -> None:
+    stack = await stack_factory()
+    _, _, before = await stack.get("web")
+    stack.emulator.inject(Fault(status=503))
+    document = current_document(stack)
+    document["profiles"]["web"]["session_duration"] = 1800
+
+    result = await stack.agent.reload(reparse(stack, document))
+    await stack.agent.sessions["web"].first_outcome()
+
+    assert result == Reload(changed=("web",))
+    status, _, after = await stack.get("web")
+    assert (status, after) == (200, before)
+    assert stack.agent.sessions["web"].state == State.DEGRADED
+
+
+async def test_reload_while_a_client_waits_still_answers_it(stack_factory) -> None:
+    stack = await stack_factory()
+    stack.clock.jump(3600 - 30)  # inside the serving margin: the next client has to wait
+    stack.emulator.inject(Fault(delay=2, times=1))
+    waiting = asyncio.create_task(stack.get("web"))
+    old = stack.agent.sessions["web"]
+    await until(lambda: old._inflight is not None and not old._inflight.done(), "a refresh")
+    document = current_document(stack)
+    document["profiles"]["web"]["session_duration"] = 1800
+
+    await stack.agent.reload(reparse(stack, document))
+    status, headers, body = await waiting
+
+    assert status == 503
+    assert body["Code"] == "CredentialsUnavailable" and "Retry-After" in headers
+
+
+async def test_a_refused_reload_changes_no_token_file(stack_factory) -> None:
+    stack = await stack_factory(leaves=(("web", "rsa2048"), ("edge", "p256")))
+    path = Path(stack.agent.exports("web").token_file)
+    own_group = grp.getgrgid(os.getgid()).gr_name
+    document = current_document(stack)
+    document["profiles"]["web"]["token_file"] = {"mode": "0640", "group": own_group}
+    document["profiles"]["edge"]["token_file"] = {"group": "no-such-group-x"}
+
+    result = await stack.agent.reload(reparse(stack, document))
+
+    assert result is None
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert not list(path.parent.glob(".*.tmp"))
 
 
 def mismatched_profile(stack: Stack) -> dict:

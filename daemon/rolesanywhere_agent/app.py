@@ -37,7 +37,7 @@ from .listener import (
     connection_limit,
 )
 from .metrics import AgentMetrics
-from .rolesanywhere import DEFAULT_TIMEOUT_SECONDS, RolesAnywhereClient
+from .rolesanywhere import DEFAULT_TIMEOUT_SECONDS, RolesAnywhereClient, SessionRequest
 from .sessions import ProfileSession, RefreshOutcome, RefreshPolicy
 from .tokens import TokenFile
 from .upstream import DEFAULT as DEFAULT_UPSTREAM
@@ -194,6 +194,8 @@ class Agent:
         async with self._lifecycle:
             try:
                 plan = self._plan(config)
+                for token in plan.tokens.values():
+                    token.ensure()  # writes only now, once every check has passed
             except (ConfigError, IdentityError) as exc:
                 log.error(
                     "config_reload_refused",
@@ -227,10 +229,12 @@ class Agent:
         for name in fresh:
             ssl_setting(new[name].upstream)  # an unreadable ca_bundle refuses the reload
         tokens = {
-            name: self._token(new[name])
+            name: TokenFile(name, new[name].token_file)
             for name in (*result.added, *result.changed)
             if name not in old or old[name].token_file != new[name].token_file
         }
+        for token in tokens.values():
+            token.check()  # nothing on disk changes before the whole plan is accepted
         return _ReloadPlan(result, identities, tokens)
 
     async def _apply(self, config: AgentConfig, plan: _ReloadPlan) -> None:
@@ -239,9 +243,15 @@ class Agent:
         self.config = config
         replaced = []
         for name, identity in plan.identities.items():
+            session = self._session(config.profiles[name], identity)
             if name in self.sessions:
-                replaced.append(self.sessions[name])
-            self.sessions[name] = self._session(config.profiles[name], identity)
+                old = self.sessions[name]
+                replaced.append(old)
+                if _same_role(old.request, session.request):
+                    # Still the same role's credentials: serve them until the new settings
+                    # bring a session, so a reload during an outage loses nothing.
+                    session.inherit(old)
+            self.sessions[name] = session
         for name in plan.result.removed:
             replaced.append(self.sessions.pop(name))
             self.tokens.pop(name)
@@ -474,6 +484,12 @@ def _needs_new_session(old: ProfileConfig, new: ProfileConfig) -> bool:
         old.identity != new.identity
         or old.session != new.session
         or old.upstream != new.upstream
+    )
+
+
+def _same_role(old: SessionRequest, new: SessionRequest) -> bool:
+    return (old.role_arn, old.profile_arn, old.trust_anchor_arn) == (
+        new.role_arn, new.profile_arn, new.trust_anchor_arn
     )
 
 

@@ -23,7 +23,7 @@ from .errors import AgentError
 from .identity import Identity, load_identity
 from .rolesanywhere import RolesAnywhereClient, redact
 from .sessions import RefreshPolicy
-from .tokens import group_id
+from .tokens import TokenFile
 from .upstream import client_session, ssl_setting
 
 EXPIRY_WARNING_DAYS = 14
@@ -84,8 +84,7 @@ def inspect(profile: ProfileConfig, now: datetime) -> ProfileReport:
     report = ProfileReport(profile)
     try:
         ssl_setting(profile.upstream)
-        if profile.token_file.group:
-            group_id(profile.token_file.group, profile.token_file.path)  # as `serve` does
+        TokenFile(profile.name, profile.token_file).check()  # as `serve` would refuse it
         identity = load_identity(profile.identity, now)
     except AgentError as exc:
         report.problem = str(exc)

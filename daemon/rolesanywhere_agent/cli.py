@@ -88,6 +88,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    # Until the loop's handler is in place, a SIGHUP (an early `systemctl reload`) must not
+    # end the process, which is the default action.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     config = load_config(args.config)
     logs.configure(config.log.format, config.log.level)
     sock = inherited_socket()  # systemd socket activation, when a .socket unit started us

@@ -22,6 +22,7 @@ import json
 import os
 import re
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +37,10 @@ from .app import exports_for
 from .clock import SystemClock
 from .config import AgentConfig, ProfileConfig, load_config, parse_config
 from .credentials import Credentials, parse_expiration
-from .errors import AgentError, ConfigError, IdentityError
+from .errors import AgentError, ConfigError, IdentityError, InvalidResponse
 from .identity import load_identity
 from .rolesanywhere import RolesAnywhereClient, redact
+from .sessions import RefreshPolicy
 from .upstream import client_session
 
 log = structlog.get_logger("rolesanywhere_agent.credential_process")
@@ -100,8 +102,19 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 def run(args: argparse.Namespace) -> int:
     logs.configure("console", "debug" if args.debug else "warning")
     creds = asyncio.run(credentials(args))
+    check_lifetime(creds, SystemClock().now())
     print(json.dumps(creds.process_json()), flush=True)
     return 0
+
+
+def check_lifetime(creds: Credentials, now: datetime) -> None:
+    """Refuse what the agent would not serve: a session that is (nearly) over already."""
+    left = int(creds.seconds_left(now))
+    if left <= RefreshPolicy.serve_margin:
+        raise InvalidResponse(
+            f"the session expires in {left} s, within the {int(RefreshPolicy.serve_margin)} s "
+            "the agent keeps as a margin; not printed"
+        )
 
 
 async def credentials(args: argparse.Namespace) -> Credentials:

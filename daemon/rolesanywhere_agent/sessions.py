@@ -149,14 +149,29 @@ class ProfileSession:
         flight = self._inflight if self._backing_off() else self.refresh_now()
         if flight is None or flight.done():
             return None
-        with contextlib.suppress(TimeoutError):
+        try:
             await asyncio.wait_for(asyncio.shield(flight), self.policy.cold_wait)
+        except TimeoutError:
+            pass
+        except asyncio.CancelledError:
+            # The refresh was stopped under us (a reload replaced this session, or shutdown):
+            # the waiting client still gets an answer. Our own cancellation goes on up.
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
         return self.servable()
 
     def _backing_off(self) -> bool:
         # After a failure, clients asking do not bring the next attempt forward: during an
         # outage every SDK retry would otherwise become a CreateSession call.
         return self.failures > 0 and self._clock.now() < self.next_attempt_at
+
+    def inherit(self, previous: ProfileSession) -> None:
+        """Serve `previous`'s session until this one has its own; refresh at once."""
+        self.current = previous.current
+        self.obtained_at = previous.obtained_at
+        self.last_success_at = previous.last_success_at
+        self.next_attempt_at = self._clock.now()
 
     def retry_after(self) -> int:
         """Seconds a client should wait before asking again after a 503."""

@@ -31,9 +31,16 @@ class TokenFile:
         self._token = b""
         self._stamp: tuple[int, int, int] | None = None
 
+    def check(self) -> None:
+        """Raise ConfigError for what `ensure` would refuse, without touching any file."""
+        self._check_folder(create=False)
+        if self._config.group:
+            group_id(self._config.group, self.path)
+
     def ensure(self) -> None:
         """Reuse a valid token file or write a new one; raise ConfigError if we cannot."""
-        self._check_folder()
+        self.check()
+        self._check_folder(create=True)
         existing = self._read()
         if existing is None:
             self._write(secrets.token_urlsafe(32))
@@ -134,24 +141,29 @@ class TokenFile:
 
     def _write(self, token: str) -> None:
         mode = self._config.mode
+        # Resolved first: a missing group must not leave a token behind in a temporary file.
+        gid = group_id(self._config.group, self.path) if self._config.group else -1
         temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
             fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w", encoding="ascii") as handle:
                 handle.write(token)  # no newline: SDKs reject CR/LF in a header (case C17)
-            if self._config.group:
-                os.chown(temporary, -1, group_id(self._config.group, self.path))
+            if gid != -1:
+                os.chown(temporary, -1, gid)
             os.chmod(temporary, mode)
             os.replace(temporary, self.path)
         except OSError as exc:
             temporary.unlink(missing_ok=True)
             raise ConfigError(f"{self.path}: cannot write token file ({exc.strerror})") from None
 
-    def _check_folder(self) -> None:
+    def _check_folder(self, create: bool) -> None:
         folder = self.path.parent
         try:
-            folder.mkdir(mode=0o755, parents=True, exist_ok=True)
+            if create:
+                folder.mkdir(mode=0o755, parents=True, exist_ok=True)
             info = folder.stat()
+        except FileNotFoundError:
+            return  # `ensure` creates it
         except OSError as exc:
             raise ConfigError(f"{folder}: cannot create token folder ({exc.strerror})") from None
         if info.st_mode & stat.S_IWOTH:
