@@ -3,6 +3,7 @@ one line on stderr that names the file, never a traceback, never a network call.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -234,3 +235,27 @@ def test_serve_refuses_with_one_line_and_exit_2(setup: Setup, breaker) -> None:
     # Nothing was started on the way: no token written for a profile that never served.
     if breaker is not world_writable_token_folder:
         assert not (setup.world.folder / "run" / "web.token").exists()
+
+
+# `env` warns while the agent has not written the token file yet; that line is expected.
+WARNING_NO_TOKEN_PREFIX = "rolesanywhere-agent: warning: "
+
+
+def test_a_reader_that_went_away_gets_no_traceback(world: World) -> None:
+    world.add_leaf("web", "p256")
+    config = world.folder / "agent.yaml"
+    config.write_text(yaml.safe_dump(world.agent_document("http://127.0.0.1:1")))
+    reader, writer = os.pipe()
+    os.close(reader)  # as `| head` does once it has read enough
+
+    try:
+        result = subprocess.run(
+            [*AGENT, "env", "--config", str(config), "--profile", "web"],
+            stdout=writer, stderr=subprocess.PIPE, text=True, timeout=60,
+        )
+    finally:
+        os.close(writer)
+
+    lines = [line for line in result.stderr.splitlines()
+             if not line.startswith(WARNING_NO_TOKEN_PREFIX)]
+    assert (result.returncode, lines) == (1, [])
