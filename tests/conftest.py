@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 import structlog
 import yaml
+from cryptography.hazmat.primitives import serialization
 
 from rolesanywhere_agent import pki
 from rolesanywhere_agent.app import Agent
@@ -98,6 +99,15 @@ class World:
             "token_dir": str(self.folder / "run"),
             "profiles": profiles,
         }
+
+
+def encrypt_key_file(path: Path, passphrase: bytes) -> None:
+    """Rewrite a PEM private key in place as encrypted PKCS#8 (PBES2, AES-256)."""
+    key = serialization.load_pem_private_key(path.read_bytes(), None)
+    path.write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(passphrase),
+    ))
 
 
 def make_world(folder: Path, not_before: datetime = CERTS_FROM) -> World:

@@ -13,6 +13,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from rolesanywhere_agent import config as config_module
 from rolesanywhere_agent import pki
 from rolesanywhere_agent.config import (
     AgentConfig,
@@ -599,35 +600,12 @@ def test_path_with_an_unknown_home():
 
 # --- property: arbitrary documents fail only with ConfigError -----------------------------
 
-REAL_KEYS = [
-    "listen",
-    "log",
-    "token_dir",
-    "profiles",
-    "host",
-    "port",
-    "allowed_hosts",
-    "allow_remote",
-    "format",
-    "level",
-    "certificate",
-    "intermediates",
-    "private_key",
-    "passphrase_file",
-    "pkcs12",
-    "trust_anchor_arn",
-    "profile_arn",
-    "role_arn",
-    "region",
-    "endpoint",
-    "session_duration",
-    "role_session_name",
-    "token_file",
-    "imds",
-    "path",
-    "mode",
-    "group",
-]
+# Every profile key the loader knows (so new ones are fuzzed too), and the keys around them.
+REAL_KEYS = sorted(
+    config_module._PROFILE_KEYS
+    | {"listen", "log", "token_dir", "profiles", "host", "port", "allowed_hosts"}
+    | {"allow_remote", "format", "level", "path", "mode", "group"}
+)
 PATHS = [
     "relative/file.pem",
     "/abs/file.pem",

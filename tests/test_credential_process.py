@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from cryptography.hazmat.primitives import serialization
 
 from rolesanywhere_agent.emulator import Fault
 
-from .conftest import AWS_CLI, BOTO3_CALLER, PYTHON, Stack, sdk_env
+from .conftest import AWS_CLI, BOTO3_CALLER, PYTHON, Stack, encrypt_key_file, sdk_env
 from .processes import free_port
 from .sdk_clients import AGENT_CLI, Outcome, child_env, run
 
@@ -140,12 +139,7 @@ async def test_service_refusal_exits_1_with_the_services_message(stack_factory) 
 async def encrypted(stack_factory):
     """The stack's key re-written as encrypted PKCS#8, and a passphrase file beside it."""
     stack = await stack_factory(real_time=True)
-    key_path = stack.world.identities["web"]["private_key"]
-    key = serialization.load_pem_private_key(key_path.read_bytes(), None)
-    key_path.write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.BestAvailableEncryption(b"correct horse"),
-    ))
+    encrypt_key_file(stack.world.identities["web"]["private_key"], b"correct horse")
     (stack.world.folder / "pass.txt").write_text("correct horse\n")
     return stack
 

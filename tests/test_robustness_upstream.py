@@ -18,7 +18,6 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
-from cryptography.hazmat.primitives import serialization
 from structlog.testing import capture_logs
 
 from rolesanywhere_agent.app import Agent
@@ -29,7 +28,7 @@ from rolesanywhere_agent.errors import InvalidResponse
 from rolesanywhere_agent.rolesanywhere import parse_grant, redact
 from rolesanywhere_agent.sessions import State
 
-from .conftest import START, Stack, World, role_arn
+from .conftest import START, Stack, World, encrypt_key_file, role_arn
 from .polling import attempt_at, until
 from .processes import AGENT
 from .sdk_clients import AGENT_CLI, child_env, run
@@ -224,12 +223,7 @@ async def prompted(stack: Stack) -> tuple[int, str, str]:
 
 async def test_prompt_at_end_of_input_is_a_one_line_error(stack_factory) -> None:
     stack = await stack_factory(real_time=True)
-    key_path = stack.world.identities["web"]["private_key"]
-    key = serialization.load_pem_private_key(key_path.read_bytes(), None)
-    key_path.write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.BestAvailableEncryption(b"correct horse"),
-    ))
+    encrypt_key_file(stack.world.identities["web"]["private_key"], b"correct horse")
 
     code, out, err = await prompted(stack)
 
